@@ -1,0 +1,1 @@
+"""MONAI models: bundle registry, preprocessing, prediction, explanations, demo training."""

@@ -1,0 +1,1 @@
+"""DICOM: DIMSE service class providers and users (pynetdicom)."""

@@ -1,0 +1,1 @@
+"""Celery worker: queues, tasks, the outbox relay and periodic jobs."""
