@@ -88,3 +88,18 @@ def engine(db_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return make_session_factory(engine)
+
+
+@pytest.fixture(scope="session")
+def demo_models_dir() -> Path:
+    """The demo MONAI bundle(s), trained once (seeded) and reused across test runs.
+
+    ``make test`` trains them before pytest starts (``clinic models train-demo``); this fixture
+    trains them only when they are missing, e.g. when a single test file is run by hand.
+    """
+    from inference.demo.train import demo_bundle_exists, train_demo
+
+    path = Path(os.environ.get("CLINIC_TEST_MODELS_DIR", str(REPO_ROOT / "var" / "models")))
+    if not demo_bundle_exists(path):
+        train_demo(path)
+    return path
