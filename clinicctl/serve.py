@@ -1,0 +1,42 @@
+"""Run one component in the foreground; ``clinic up`` starts each in its own process.
+
+One process per component keeps the GIL of the DICOM SCP, the HTTP server and the model apart
+(DESIGN.md §10: a pynetdicom SCP keeps one core busy on its own).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from clinic.settings import Settings
+from clinicctl.errors import CliError
+
+
+def serve(settings: Settings, component: str) -> None:
+    settings.ensure_dirs()
+    if component == "http":
+        import uvicorn
+
+        from clinic.web.app import create_app
+
+        uvicorn.run(
+            create_app(settings),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="warning",
+            access_log=False,
+        )
+    elif component == "dicom":
+        from integrations.dicom.scp import start_scp
+
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        server = start_scp(settings)
+        try:
+            stop.wait()
+        finally:
+            server.shutdown()
+    else:
+        raise CliError(f"unknown component {component!r}: http or dicom")
