@@ -108,6 +108,7 @@ def users_add(
 @app.command("worklist")
 def worklist_cmd(
     limit: Annotated[int, typer.Option(help="Rows to show.")] = 50,
+    names: Annotated[bool, typer.Option(help="Show patient names (PHI) next to identifiers.")] = False,
 ) -> None:
     """Print the radiology worklist, AI-prioritised (the same rows as /radiology)."""
     from clinic.db import unit_of_work
@@ -118,7 +119,7 @@ def worklist_cmd(
 
     with unit_of_work(_session_factory(settings)) as session:
         rows = worklist(session, settings)
-    console.print(worklist_table(rows[:limit]))
+    console.print(worklist_table(rows[:limit], names=names))
 
 
 # --- models --------------------------------------------------------------------------------

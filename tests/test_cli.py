@@ -13,7 +13,7 @@ CLINIC = str(Path(sys.executable).parent / "clinic")
 
 
 def run(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "CLINIC_DATA_DIR": str(data_dir), "CLINIC_ENVIRONMENT": "test", **env}
+    full_env = {**os.environ, "CLINIC_DATA_DIR": str(data_dir), "CLINIC_ENVIRONMENT": "test", "COLUMNS": "200", **env}
     return subprocess.run([CLINIC, *args], env=full_env, capture_output=True, text=True, timeout=120)
 
 
@@ -53,7 +53,7 @@ def test_worklist_prints_a_table(tmp_path: Path) -> None:
     assert run(["db", "upgrade"], tmp_path).returncode == 0
     result = run(["worklist"], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "Priority" in result.stdout or "priority" in result.stdout
+    assert "Priority" in result.stdout and "AI findings" in result.stdout
 
 
 def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
