@@ -1,0 +1,1 @@
+"""The web application: assembly of the slices' routers, the UI's templates and static files."""
