@@ -27,8 +27,7 @@ DEMO_CASES = [(True, False), (False, False), (False, True), (True, True), (False
 
 def _demo_login(settings: Settings) -> tuple[str, str]:
     """The demo radiologist's account; its password is generated once and kept in the data dir."""
-    from clinic.auth.models import Role
-    from clinic.auth.models import User
+    from clinic.auth.models import Role, User
     from clinic.auth.service import create_user
     from clinic.db import make_engine, make_session_factory, unit_of_work
 
@@ -131,7 +130,8 @@ def run_demo(settings: Settings, console: Console, *, studies: int, stay: bool, 
         console.print(worklist_table(rows))
         console.print(
             f"\nOpen [bold]{supervisor.http_url}/radiology[/] and log in as "
-            f"[bold]{username}[/] / [bold]{password}[/]  (kept in {settings.resolved_data_dir / 'demo-login.txt'})"
+            f"[bold]{username}[/] / [bold]{password}[/]"
+            f"  (kept in {settings.resolved_data_dir / 'demo-login.txt'})"
         )
         console.print("[italic]AI results come from a synthetic demo model — not for clinical use.[/]")
         if stay:

@@ -24,17 +24,21 @@ def worklist_table(rows: Sequence[WorklistRow], *, names: bool = False) -> Table
     table.add_column("Arrived (UTC)")
     table.add_column("Wait", justify="right")
     table.add_column("Status")
-    table.add_column("AI findings (model version)")
+    table.add_column("AI findings · model · version")
     for row in rows:
         level = int(row.priority)
         patient = f"{row.patient_identifier} {row.patient_name}" if names else row.patient_identifier
         findings = Text()
+        models: dict[tuple[str, str], str] = {}
         for finding in row.findings:
             style = "bold" if finding.positive else "dim"
-            findings.append(f"{finding.label} {finding.probability:.2f}", style=style)
-            findings.append(f" [{finding.model_name} {finding.model_version}]\n", style="dim")
-        if any(f.is_synthetic for f in row.findings):
-            findings.append("synthetic demo model — not for clinical use", style="italic")
+            mark = "+" if finding.positive else "-"
+            findings.append(f"{mark} {finding.label} {finding.probability:.2f}  ", style=style)
+            models[(finding.model_name, finding.model_version)] = finding.disclaimer
+        for (name, version), disclaimer in models.items():
+            findings.append(f"\n{name} v{version}", style="cyan")
+            if disclaimer:
+                findings.append(f"\n{disclaimer}", style="italic")
         table.add_row(
             Text(row.priority.name, style=PRIORITY_STYLE.get(level, "")),
             row.priority_reason,

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from types import TracebackType
 
 from rich.console import Console
@@ -70,11 +71,21 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop_event.set()
 
+    @property
+    def log_dir(self) -> Path:
+        return self.settings.resolved_data_dir / "logs"
+
     def _spawn(self, name: str, argv: list[str]) -> None:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        # Children ignore the terminal's SIGINT: the supervisor alone decides the order of stopping.
-        self.children[name] = subprocess.Popen(argv, env=env, start_new_session=True)
+        # Each component logs to its own file so that the terminal stays readable; the banner
+        # says where. Children ignore the terminal's SIGINT (own session): the supervisor alone
+        # decides the order of stopping.
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            self.children[name] = subprocess.Popen(
+                argv, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def _check_ports_free(self) -> None:
         for name, host, port in (
@@ -98,7 +109,8 @@ class Supervisor:
         while pending:
             self._check_children()
             if time.monotonic() > deadline:
-                raise CliError(f"components did not start within {timeout:.0f} s: {', '.join(sorted(pending))}")
+                waiting = ", ".join(sorted(pending))
+                raise CliError(f"components did not start within {timeout:.0f} s: {waiting}")
             if "http" in pending:
                 try:
                     with urllib.request.urlopen(url, timeout=1) as response:
@@ -125,7 +137,9 @@ class Supervisor:
             code = proc.poll()
             if code is not None:
                 self.failed = name
-                raise CliError(f"the {name} process exited with status {code}")
+                raise CliError(
+                    f"the {name} process exited with status {code}; see {self.log_dir / (name + '.log')}"
+                )
 
     def wait(self) -> None:
         """Block until a signal arrives or a component dies."""
@@ -165,7 +179,7 @@ class Supervisor:
             f"{'embedded' if s.is_embedded_broker else 'broker ' + _redact(s.broker_url)}  ·  "
             f"data {s.resolved_data_dir}"
         )
-        self.console.print("Ctrl-C stops everything.")
+        self.console.print(f"logs in {self.log_dir}/{{http,dicom,worker}}.log · Ctrl-C stops everything.")
 
 
 def _redact(url: str) -> str:
