@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     relay_interval_seconds: float = 0.05
     #: An analysis job not finished this long after it started is handed out again.
     job_lease_seconds: float = 300.0
+    #: A job whose message was published this long ago and never taken is published again.
+    job_pending_timeout_seconds: float = 900.0
 
     #: Every study reaches top priority after waiting this long (DESIGN.md §6, worklist).
     worklist_max_wait_minutes: float = 120.0

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from clinic.db import make_engine, make_session_factory
 from clinic.migrate import upgrade
-from clinic.settings import Settings
+from clinic.settings import Environment, Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_DSN = os.environ.get("CLINIC_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
@@ -46,7 +46,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(data_dir: Path) -> Settings:
     """Embedded-mode settings on a fresh data dir with a migrated SQLite database."""
-    s = Settings(data_dir=data_dir, environment="test", series_quiet_seconds=0.5)
+    s = Settings(data_dir=data_dir, environment=Environment.TEST, series_quiet_seconds=0.5)
     s.ensure_dirs()
     upgrade(s.resolved_database_url)
     return s

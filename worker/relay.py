@@ -30,7 +30,7 @@ from celery import Celery
 from kombu.connection import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
-from clinic.ai.service import request_analysis, requeue_expired
+from clinic.ai.service import request_analysis, requeue_expired, requeue_stale_pending
 from clinic.db import make_engine, make_session_factory, unit_of_work
 from clinic.imaging.service import complete_quiet_series
 from clinic.outbox.models import OutboxMessage
@@ -126,6 +126,7 @@ class Relay:
         self.session_factory = session_factory
         self.queue = inference_queue(settings)
         self.publisher = Publisher(app)
+        self.pending_timeout = dt.timedelta(seconds=settings.job_pending_timeout_seconds)
 
     def sweep(self) -> tuple[int, int]:
         """Complete quiet series (and ask for their analysis) and requeue expired jobs."""
@@ -135,6 +136,9 @@ class Relay:
             for study in studies:
                 request_analysis(session, study, self.queue, priority=study.order_priority)
             requeued = requeue_expired(session, self.queue)
+            stale = requeue_stale_pending(session, self.queue, older_than=self.pending_timeout)
+        if stale:
+            log.warning("jobs %s: published but never taken (message lost?); handed out again", stale)
         for study in studies:
             log.info("study %s complete; analysis requested", study.id)
         if requeued:

@@ -37,6 +37,9 @@ class AnalysisJob(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None, index=True)
     error: Mapped[str] = mapped_column(Text, default="")
+    #: The outbox message that last handed the job out; a job still pending long after that
+    #: message was published is handed out again (a broker without persistence can lose it).
+    outbox_message_id: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class AIRead(Base):

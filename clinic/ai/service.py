@@ -20,6 +20,7 @@ from clinic.ai.models import AIFinding, AIRead, AnalysisJob, JobStatus
 from clinic.db import utcnow
 from clinic.imaging.models import Study
 from clinic.outbox import service as outbox
+from clinic.outbox.models import OutboxMessage
 
 #: Celery task name of the analysis task (the worker defines it under this name).
 ANALYSE_STUDY_TASK = "clinic.analyse_study"
@@ -36,11 +37,18 @@ def request_analysis(session: Session, study: Study, queue: str, priority: int =
         return job  # the running attempt (or its lease expiry) covers it
     else:
         job.status = JobStatus.PENDING
-        job.priority = max(job.priority, priority)
         job.created_at = utcnow()
         job.error = ""
-    outbox.enqueue(session, ANALYSE_STUDY_TASK, queue, {"job_id": job.id}, priority=priority)
+    if priority > job.priority:
+        job.priority = priority
+    _hand_out(session, job, queue)
     return job
+
+
+def _hand_out(session: Session, job: AnalysisJob, queue: str) -> None:
+    message = outbox.enqueue(session, ANALYSE_STUDY_TASK, queue, {"job_id": job.id}, priority=job.priority)
+    session.flush()
+    job.outbox_message_id = message.id
 
 
 def claim_job(session: Session, job_id: int, lease: dt.timedelta) -> AnalysisJob | None:
@@ -89,7 +97,33 @@ def requeue_expired(session: Session, queue: str, now: dt.datetime | None = None
     for job in jobs:
         job.status = JobStatus.PENDING
         job.lease_expires_at = None
-        outbox.enqueue(session, ANALYSE_STUDY_TASK, queue, {"job_id": job.id}, priority=job.priority)
+        _hand_out(session, job, queue)
+    return [job.id for job in jobs]
+
+
+def requeue_stale_pending(
+    session: Session, queue: str, older_than: dt.timedelta, now: dt.datetime | None = None
+) -> list[int]:
+    """Hand out again pending jobs whose message was published long ago and never taken.
+
+    A broker that keeps nothing on disk (Redis without persistence) can lose a published message;
+    a job must not wait for ever because of it. Only jobs whose message *was* published count: an
+    unpublished one is still the relay's to deliver (e.g. while the broker is down). A duplicate
+    delivery is harmless: claiming and reads are idempotent.
+    """
+    now = now or utcnow()
+    jobs = session.scalars(
+        select(AnalysisJob)
+        .join(OutboxMessage, OutboxMessage.id == AnalysisJob.outbox_message_id)
+        .where(
+            AnalysisJob.status == JobStatus.PENDING,
+            OutboxMessage.published_at.is_not(None),
+            OutboxMessage.published_at < now - older_than,
+        )
+        .with_for_update(of=AnalysisJob, skip_locked=True)
+    ).all()
+    for job in jobs:
+        _hand_out(session, job, queue)
     return [job.id for job in jobs]
 
 

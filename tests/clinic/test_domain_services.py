@@ -160,3 +160,25 @@ def test_outbox_backoff(session_factory: sessionmaker[Session]) -> None:
         assert outbox.pending_count(session) == 1
         message = session.scalars(select(OutboxMessage)).one()
         assert message.attempts == 1 and message.last_error == "broker down"
+
+
+def test_a_published_job_never_taken_is_handed_out_again(session_factory: sessionmaker[Session]) -> None:
+    with unit_of_work(session_factory) as session:
+        record_instance(session, meta())
+        study = session.scalars(select(Study)).one()
+        job_id = ai.request_analysis(session, study, "inference.cpu").id
+    later = utcnow() + dt.timedelta(minutes=20)
+    wait = dt.timedelta(minutes=15)
+    with unit_of_work(session_factory) as session:
+        # not yet published (say the broker is down): the relay still owns it, no duplicate row
+        assert ai.requeue_stale_pending(session, "inference.cpu", wait, now=later) == []
+        for message in outbox.claim_unpublished(session):
+            outbox.mark_published(message)
+    with unit_of_work(session_factory) as session:
+        assert ai.requeue_stale_pending(session, "inference.cpu", wait) == []  # published just now
+        assert ai.requeue_stale_pending(session, "inference.cpu", wait, now=later) == [job_id]
+    with unit_of_work(session_factory) as session:
+        assert outbox.pending_count(session) == 1
+        assert ai.claim_job(session, job_id, dt.timedelta(seconds=30)) is not None
+    with unit_of_work(session_factory) as session:  # running jobs are the lease's business
+        assert ai.requeue_stale_pending(session, "inference.cpu", wait, now=later) == []
