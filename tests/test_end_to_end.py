@@ -132,8 +132,10 @@ def test_storescu_to_worklist(
         base = f"http://127.0.0.1:{http_port}"
         _wait_http(f"{base}/health", up)
         for path in [j2k, unc, *synthetic]:
+            # storescu proposes only uncompressed syntaxes unless told; -xv adds JPEG 2000 lossless
+            extra = ["-xv"] if path == j2k else []
             sent = subprocess.run(
-                ["storescu", "-aec", "CLINIC", "127.0.0.1", str(dicom_port), str(path)],
+                ["storescu", *extra, "-aec", "CLINIC", "127.0.0.1", str(dicom_port), str(path)],
                 capture_output=True, text=True, timeout=120,
             )
             assert sent.returncode == 0, sent.stderr

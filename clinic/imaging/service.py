@@ -6,7 +6,9 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -55,13 +57,68 @@ def _get_or_create(session: Session, model: type, key: str, value: str, **fields
     return row
 
 
-def record_instance(session: Session, meta: InstanceMeta, now: dt.datetime | None = None) -> Instance:
+@dataclass(frozen=True)
+class RecordedInstance:
+    """Ids of the rows an indexed instance belongs to."""
+
+    instance_id: int
+    series_id: int
+    study_id: int
+    patient_id: int
+
+
+def record_instance(session: Session, meta: InstanceMeta, now: dt.datetime | None = None) -> RecordedInstance:
     """Index a stored instance; a re-sent SOP instance replaces the earlier copy's row.
 
     A new instance re-opens its series and study: they are complete again only after a new
-    quiet period.
+    quiet period. This runs once per received instance inside the SCP's store-then-acknowledge
+    window, so the common case (the series exists) is four Core statements instead of the ORM's
+    look-ups and savepoints: the C-STORE ingest benchmark found the ORM version to be over half
+    of the SCP's CPU time per instance.
     """
     now = now or utcnow()
+    known = session.execute(
+        select(Series.id, Series.study_id, Study.patient_id)
+        .join(Study, Study.id == Series.study_id)
+        .where(Series.series_uid == meta.series_uid)
+    ).first()
+    if known is None:
+        series_id, study_id, patient_id = _create_parents(session, meta, now)
+    else:
+        series_id, study_id, patient_id = known
+    reopen = {"last_received_at": now, "status": ReceiveStatus.RECEIVING, "completed_at": None}
+    session.execute(update(Series).where(Series.id == series_id).values(**reopen))
+    session.execute(update(Study).where(Study.id == study_id).values(**reopen))
+    values = {
+        "sop_instance_uid": meta.sop_instance_uid,
+        "sop_class_uid": meta.sop_class_uid,
+        "series_id": series_id,
+        "instance_number": meta.instance_number,
+        "transfer_syntax_uid": meta.transfer_syntax_uid,
+        "file_path": meta.file_path,
+        "file_size": meta.file_size,
+        "rows": meta.rows,
+        "columns": meta.columns,
+        "calling_ae": meta.calling_ae,
+        "received_at": now,
+    }
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(Instance).values(**values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[Instance.sop_instance_uid],
+        set_={k: statement.excluded[k] for k in values if k != "sop_instance_uid"},
+    ).returning(Instance.id)
+    instance_id = session.execute(statement).scalar_one()
+    # Keep ORM objects already loaded in this session (tests, the web app) in step with the rows.
+    for model, key in ((Series, series_id), (Study, study_id)):
+        loaded = session.identity_map.get(session.identity_key(model, key))
+        if loaded is not None:
+            session.expire(loaded)
+    return RecordedInstance(instance_id, series_id, study_id, patient_id)
+
+
+def _create_parents(session: Session, meta: InstanceMeta, now: dt.datetime) -> tuple[int, int, int]:
+    """The first instance of a series: patient, study and series, safe against concurrent firsts."""
     patient = upsert_patient(session, meta.patient)
     study = _get_or_create(
         session,
@@ -91,29 +148,7 @@ def record_instance(session: Session, meta: InstanceMeta, now: dt.datetime | Non
         last_received_at=now,
     )
     assert isinstance(series, Series)
-    for parent in (study, series):
-        parent.last_received_at = now
-        parent.status = ReceiveStatus.RECEIVING
-        parent.completed_at = None
-
-    instance = session.scalars(
-        select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid)
-    ).one_or_none()
-    if instance is None:
-        instance = Instance(sop_instance_uid=meta.sop_instance_uid)
-        session.add(instance)
-    instance.sop_class_uid = meta.sop_class_uid
-    instance.series_id = series.id
-    instance.instance_number = meta.instance_number
-    instance.transfer_syntax_uid = meta.transfer_syntax_uid
-    instance.file_path = meta.file_path
-    instance.file_size = meta.file_size
-    instance.rows = meta.rows
-    instance.columns = meta.columns
-    instance.calling_ae = meta.calling_ae
-    instance.received_at = now
-    session.flush()
-    return instance
+    return series.id, study.id, study.patient_id
 
 
 def record_failure(

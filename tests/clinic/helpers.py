@@ -98,11 +98,11 @@ def store_cxr(
         columns=ds.Columns,
     )
     with unit_of_work(factory) as session:
-        instance = record_instance(session, meta, now=received_at or utcnow())
-        study = session.get(Study, instance.series.study_id)
+        recorded = record_instance(session, meta, now=received_at or utcnow())
+        study = session.get(Study, recorded.study_id)
         assert study is not None
         study.order_priority = order_priority  # as an imaging order (HL7 ORM / FHIR) would set it
-        return StoredStudy(study.id, instance.id, study.patient_id, ds.SOPInstanceUID, path)
+        return StoredStudy(study.id, recorded.instance_id, study.patient_id, ds.SOPInstanceUID, path)
 
 
 def write_heatmap(settings: Settings, name: str, centre: tuple[float, float] = (0.35, 0.6)) -> str:
