@@ -40,7 +40,9 @@ def free_port() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--studies", type=int, default=10)
     parser.add_argument("--quiet", type=float, default=1.0, help="series quiet period, seconds")
     args = parser.parse_args()
@@ -71,8 +73,10 @@ def main() -> None:
             data_dir=data_dir, database_url=env.get("CLINIC_DATABASE_URL", ""), models_dir=models_dir
         )
         up = subprocess.Popen(
-            [str(Path(sys.executable).parent / "clinic"), "up"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [str(Path(sys.executable).parent / "clinic"), "up"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             import httpx
@@ -97,7 +101,9 @@ def main() -> None:
                 write_dataset(ds, path)
                 subprocess.run(
                     ["storescu", "-aec", settings.dicom_ae, "127.0.0.1", str(dicom_port), str(path)],
-                    check=True, env=env, capture_output=True,
+                    check=True,
+                    env=env,
+                    capture_output=True,
                 )
                 uid = str(ds.StudyInstanceUID)
                 while True:
@@ -125,7 +131,8 @@ def main() -> None:
     measured = rows[1:]
 
     def ms(values: list[float]) -> str:
-        return f"{statistics.median(values) * 1000:.0f} ms (p90 {sorted(values)[int(0.9 * (len(values) - 1))] * 1000:.0f})"
+        p90 = sorted(values)[int(0.9 * (len(values) - 1))]
+        return f"{statistics.median(values) * 1000:.0f} ms (p90 {p90 * 1000:.0f})"
 
     names = ["total", "quiet period", "queueing", "model", "rest"]
     print(f"\n{len(measured)} studies, quiet period {args.quiet} s, embedded mode; median (p90):\n")

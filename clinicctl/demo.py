@@ -94,8 +94,11 @@ def run_demo(settings: Settings, console: Console, *, studies: int, stay: bool, 
         with tempfile.TemporaryDirectory(prefix="clinic-demo-") as tmp:
             paths, study_uids = _write_studies(Path(tmp), studies)
             with Progress(
-                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(), console=console,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=console,
             ) as progress:
                 sending = progress.add_task("C-STORE to the platform", total=len(paths))
                 results = send_files(
@@ -118,11 +121,14 @@ def run_demo(settings: Settings, console: Console, *, studies: int, stay: bool, 
                             "see `clinic jobs failed`"
                         )
                     with unit_of_work(factory) as session:
-                        done = session.scalar(
-                            select(func.count(func.distinct(AIRead.study_id)))
-                            .join(Study, Study.id == AIRead.study_id)
-                            .where(Study.study_uid.in_(study_uids))
-                        ) or 0
+                        done = (
+                            session.scalar(
+                                select(func.count(func.distinct(AIRead.study_id)))
+                                .join(Study, Study.id == AIRead.study_id)
+                                .where(Study.study_uid.in_(study_uids))
+                            )
+                            or 0
+                        )
                     progress.update(reading, completed=done)
                     time.sleep(0.25)
         with unit_of_work(factory) as session:

@@ -261,9 +261,7 @@ def serve_cmd(component: str) -> None:
 @app.command("demo")
 def demo_cmd(
     studies: Annotated[int, typer.Option(help="Synthetic chest radiograph studies to send.")] = 6,
-    stay: Annotated[
-        bool, typer.Option(help="Keep the platform running after the demo until Ctrl-C.")
-    ] = True,
+    stay: Annotated[bool, typer.Option(help="Keep the platform running after the demo until Ctrl-C.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the AI reads.")] = 180.0,
 ) -> None:
     """Train the demo model if absent, start the platform, send studies, show the worklist."""

@@ -59,8 +59,13 @@ def failures_table(rows: Iterable[ReceiveFailure]) -> Table:
         table.add_column(column)
     for row in rows:
         table.add_row(
-            str(row.id), row.at.strftime("%Y-%m-%d %H:%M:%S"), row.channel, row.calling_ae,
-            row.sop_instance_uid, f"0x{row.status_code:04X}", row.reason,
+            str(row.id),
+            row.at.strftime("%Y-%m-%d %H:%M:%S"),
+            row.channel,
+            row.calling_ae,
+            row.sop_instance_uid,
+            f"0x{row.status_code:04X}",
+            row.reason,
         )
     return table
 

@@ -8,7 +8,9 @@ committed data.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +24,10 @@ from clinic.migrate import upgrade
 from clinic.settings import Environment, Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_DSN = os.environ.get("CLINIC_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-PG_URL_TEMPLATE = os.environ.get(
-    "CLINIC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+PG_ADMIN_DSN = os.environ.get(
+    "CLINIC_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 )
+PG_URL_TEMPLATE = os.environ.get("CLINIC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
 REDIS_URL = os.environ.get("CLINIC_TEST_REDIS_URL", "redis://127.0.0.1:6379/{db}")
 RABBITMQ_URL = os.environ.get("CLINIC_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -103,3 +105,37 @@ def demo_models_dir() -> Path:
     if not demo_bundle_exists(path):
         train_demo(path)
     return path
+
+
+#: Redis database the tests use; flushed before and after each test that asks for it.
+REDIS_TEST_DB = 11
+
+
+@pytest.fixture
+def redis_db() -> Iterator[str]:
+    """The URL of a Redis database of the tests' own, empty."""
+    redis = pytest.importorskip("redis")
+    url = REDIS_URL.format(db=REDIS_TEST_DB)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def rabbitmq_vhost() -> Iterator[str]:
+    """A private RabbitMQ vhost per test: fixed queue names never meet another run's queues."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not installed")
+    vhost = f"clinic-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield RABBITMQ_URL.rstrip("/") + "/" + vhost
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)

@@ -13,7 +13,13 @@ CLINIC = str(Path(sys.executable).parent / "clinic")
 
 
 def run(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "CLINIC_DATA_DIR": str(data_dir), "CLINIC_ENVIRONMENT": "test", "COLUMNS": "200", **env}
+    full_env = {
+        **os.environ,
+        "CLINIC_DATA_DIR": str(data_dir),
+        "CLINIC_ENVIRONMENT": "test",
+        "COLUMNS": "200",
+        **env,
+    }
     return subprocess.run([CLINIC, *args], env=full_env, capture_output=True, text=True, timeout=120)
 
 
@@ -38,11 +44,17 @@ def test_users_add_and_duplicate(tmp_path: Path) -> None:
         (["users", "add", "bob", "--role", "surgeon", "--password", "long-enough"], {}, "unknown role"),
         (["users", "add", "bob", "--role", "clinic", "--password", "short"], {}, "at least 8"),
         (["worklist"], {"CLINIC_HTTP_PORT": "not-a-port"}, "invalid settings"),
-        (["worklist"], {"CLINIC_ENVIRONMENT": "production", "CLINIC_SECRET_KEY": "changeme"}, "CLINIC_SECRET_KEY"),
+        (
+            ["worklist"],
+            {"CLINIC_ENVIRONMENT": "production", "CLINIC_SECRET_KEY": "changeme"},
+            "CLINIC_SECRET_KEY",
+        ),
         (["worklist"], {"CLINIC_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"}, "database"),
     ],
 )
-def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], env: dict[str, str], message: str) -> None:
+def test_errors_are_one_clear_line(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
     result = run(args, tmp_path, **env)
     assert result.returncode != 0
     assert message in result.stderr

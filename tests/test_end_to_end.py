@@ -12,8 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +19,7 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from tests.conftest import RABBITMQ_URL, REDIS_URL, free_port
+from tests.conftest import free_port
 
 CLINIC = str(Path(sys.executable).parent / "clinic")
 PASSWORD = "correct-horse-battery"
@@ -40,35 +38,6 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) 
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
-@pytest.fixture
-def rabbitmq_vhost() -> Iterator[str]:
-    """A private RabbitMQ vhost for one test, so that queues of other runs never interfere."""
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmqctl is not installed")
-    vhost = f"clinic-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield RABBITMQ_URL.rstrip("/") + "/" + vhost
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
-
-
-@pytest.fixture
-def redis_db() -> Iterator[str]:
-    import redis
-
-    url = REDIS_URL.format(db=11)
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-
-
 def _mode_env(request: pytest.FixtureRequest, mode: str) -> dict[str, str]:
     if mode == "embedded":
         return {}
@@ -83,7 +52,10 @@ def _synthetic_study(folder: Path, index: int) -> Path:
 
     phantom = synth_chest(np.random.default_rng(100 + index), consolidation=index == 0, nodule=index == 1)
     ds = build_cxr_dataset(
-        phantom.image, patient_id=f"E2E{index}", patient_name=f"TEST^E2E{index}", accession_number=f"E2E{index}"
+        phantom.image,
+        patient_id=f"E2E{index}",
+        patient_name=f"TEST^E2E{index}",
+        accession_number=f"E2E{index}",
     )
     path = folder / f"synthetic-{index}.dcm"
     write_dataset(ds, path)
@@ -115,7 +87,9 @@ def test_storescu_to_worklist(
     }
     subprocess.run(
         [CLINIC, "users", "add", "rad", "--role", "radiologist", "--password", PASSWORD],
-        env=env, check=True, capture_output=True,
+        env=env,
+        check=True,
+        capture_output=True,
     )
     # Two real chest radiographs: the JPEG 2000 file as it is, and the uncompressed one with new
     # UIDs (dcmodify, another dcmtk tool) so that it is a study of its own.
@@ -136,12 +110,14 @@ def test_storescu_to_worklist(
             extra = ["-xv"] if path == j2k else []
             sent = subprocess.run(
                 ["storescu", *extra, "-aec", "CLINIC", "127.0.0.1", str(dicom_port), str(path)],
-                capture_output=True, text=True, timeout=120,
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
             assert sent.returncode == 0, sent.stderr
-        token = httpx.post(
-            f"{base}/api/auth/token", data={"username": "rad", "password": PASSWORD}
-        ).json()["access_token"]
+        token = httpx.post(f"{base}/api/auth/token", data={"username": "rad", "password": PASSWORD}).json()[
+            "access_token"
+        ]
         headers = {"Authorization": f"Bearer {token}"}
 
         deadline = time.monotonic() + 240

@@ -34,10 +34,8 @@ from clinic.imaging.service import InstanceMeta, record_instance
 from clinic.migrate import upgrade
 from clinic.patients.service import PatientDemographics
 from clinic.settings import Environment, Settings
-from tests.conftest import RABBITMQ_URL, REDIS_URL, REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, free_port
 
-#: Redis database of the worker tests (tests/test_end_to_end.py uses 11); flushed before and after.
-REDIS_TEST_DB = 12
 DX_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image Storage - For Presentation
 
 MODES = [
@@ -48,35 +46,6 @@ MODES = [
 
 
 # --- brokers ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_db() -> Iterator[str]:
-    redis = pytest.importorskip("redis")
-    url = REDIS_URL.format(db=REDIS_TEST_DB)
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
-def rabbitmq_vhost() -> Iterator[str]:
-    """A private RabbitMQ vhost per test: fixed queue names never meet another run's queues."""
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmqctl is not installed")
-    vhost = f"clinic-worker-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield RABBITMQ_URL.rstrip("/") + "/" + vhost
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
 
 
 class PrivateRedis:

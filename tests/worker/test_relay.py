@@ -19,8 +19,8 @@ from clinic.outbox.models import OutboxMessage
 from clinic.outbox.service import enqueue
 from clinic.patients.service import PatientDemographics
 from clinic.settings import Environment, Settings
-from tests.conftest import REDIS_URL, free_port
-from tests.worker.conftest import REDIS_TEST_DB, wait_for
+from tests.conftest import free_port
+from tests.worker.conftest import wait_for
 from worker.app import create_celery
 from worker.relay import Relay, run_relay
 
@@ -149,14 +149,13 @@ def test_several_relays_publish_each_row_once(
 
 @pytest.mark.redis
 def test_redis_priorities_are_reversed_for_kombu(
-    data_dir: Path, session_factory: sessionmaker[Session]
+    data_dir: Path, session_factory: sessionmaker[Session], redis_db: str
 ) -> None:
     """kombu's Redis transport pops priority step 0 first: a STAT row must land in a sooner list."""
     import redis
 
-    url = REDIS_URL.format(db=REDIS_TEST_DB)
+    url = redis_db
     client = redis.Redis.from_url(url)
-    client.flushdb()
     settings = Settings(data_dir=data_dir, environment=Environment.TEST, broker_url=url)
     with unit_of_work(session_factory) as session:
         enqueue(session, "clinic.analyse_study", "inference.cpu", {"job_id": 1}, priority=0)
