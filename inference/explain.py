@@ -24,11 +24,14 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
 
 
 def forward_with_gradcam(
-    model: nn.Module, x: torch.Tensor, layer: nn.Module, output_indices: Sequence[int]
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: nn.Module,
+    output_indices: Sequence[int],
 ) -> tuple[torch.Tensor, list[np.ndarray]]:
     """Run ``model`` on a batch of one; return its logits and a [0, 1] heatmap per output index.
 
-    Heatmaps are at the spatial size of ``x`` (bilinear upsampling of the layer's map), float32.
+    Heatmaps are float32 at the spatial size of ``x`` (bilinear upsampling of the layer's map).
     """
     if x.shape[0] != 1:
         raise ValueError("Grad-CAM runs on one image at a time")

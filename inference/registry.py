@@ -11,6 +11,7 @@ import importlib
 import inspect
 import threading
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -179,7 +180,9 @@ def build_network(spec: BundleSpec) -> nn.Module:
 def _load_network(spec: BundleSpec, device: torch.device, memory_format: torch.memory_format) -> nn.Module:
     if spec.weights_format == "torchscript":
         try:
-            net: nn.Module = torch.jit.load(str(spec.weights), map_location=device)  # type: ignore[no-untyped-call]
+            with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; model-zoo bundles ship it
+                warnings.simplefilter("ignore", DeprecationWarning)
+                net: nn.Module = torch.jit.load(str(spec.weights), map_location=device)  # type: ignore[no-untyped-call]
         except (RuntimeError, ValueError, OSError) as exc:
             raise BundleError(spec.weights, f"not a loadable TorchScript file ({exc})") from exc
     else:

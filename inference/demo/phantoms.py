@@ -3,12 +3,13 @@
 Not anatomy, but enough of its structure that a lesion detector cannot win on trivia: a body outline
 over air, two lung fields with diaphragm domes and tapering apices, mediastinum, heart, spine,
 posterior ribs and clavicles, vessel markings radiating from the hila, and a detector (exposure,
-contrast curve, blur, noise, 12-bit quantisation) that varies from image to image.
+contrast curve, blur, noise, 12-bit quantisation) that varies from image to image. Bilateral nipple
+shadows (a classic nodule mimic) appear in some images and are never a finding.
 
 Findings, each with its ground-truth mask:
 
-- ``consolidation``: a patchy, textured, blurred opacity confined to one lung field (pneumonia-like);
-- ``nodule_mass``: a round opacity of several sizes (≈4–28 mm on a 350 mm field) inside a lung.
+- ``consolidation``: a patchy, mottled opacity with air bronchograms, confined to one lung field;
+- ``nodule_mass``: one or two round opacities of five sizes (≈ 11–35 mm across on a 350 mm field).
 
 Raw values are MONOCHROME2-like: higher = more attenuation = brighter, 12 bits stored.
 """
@@ -238,22 +239,23 @@ def _consolidation(
     field_ = env * mottle * (1.0 - 0.55 * np.clip(bronchi, 0.0, 1.0))
     field_ = _blur(field_, 0.004 * s) * lungs_soft
     field_ /= max(float(field_.max()), 1e-6)
-    opacity = field_ * rng.uniform(0.18, 0.3)
+    opacity = field_ * rng.uniform(0.2, 0.32)
     return opacity.astype(np.float32), (env > 0.5) & (lungs_soft > 0.5)
 
 
 def _nodules(xx: Arr, yy: Arr, rng: Rng, lungs: Arr, s: int) -> tuple[Arr, Arr]:
-    """One (sometimes two) round opacities, radius 1.5–4.5 % of the field, each inside a lung."""
+    """One (sometimes two) round opacities, radius 1.8–4.5 % of the field (≈ 13–32 mm across on
+    350 mm), each inside a lung."""
     opacity = np.zeros((s, s), np.float32)
     mask = np.zeros((s, s), bool)
     for _ in range(1 if rng.random() < 0.8 else 2):
-        r = float(rng.choice([0.015, 0.02, 0.027, 0.035, 0.045])) * rng.uniform(0.9, 1.1)
+        r = float(rng.choice([0.018, 0.024, 0.03, 0.037, 0.045])) * rng.uniform(0.9, 1.1)
         cy, cx = _point_in(lungs, rng, margin=r * s)
         d = np.sqrt((xx - cx / s) ** 2 + (yy - cy / s) ** 2) / r
         # projected thickness of a ball with a soft rim (a smoothstep over the outer 15 %)
         rim = np.clip((1.0 - d) / 0.15, 0.0, 1.0)
         ball = np.sqrt(np.clip(1.0 - d * d, 0.0, None)) * 0.6 + 0.4 * rim * rim * (3 - 2 * rim)
-        amp = rng.uniform(0.15, 0.26) * (1.25 if r < 0.02 else 1.0)
+        amp = rng.uniform(0.18, 0.3) * (1.2 if r < 0.022 else 1.0)
         opacity += ball.astype(np.float32) * amp
         mask |= d <= 1.0
     return opacity, mask

@@ -43,7 +43,7 @@ def write_phantom(tmp_path: Path) -> WritePhantom:
 @pytest.fixture(scope="session")
 def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state dict of an untrained DenseNet121 (2 outputs), saved once per session."""
-    from monai.networks.nets import DenseNet121
+    from monai.networks.nets.densenet import DenseNet121
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "model.pt"

@@ -183,3 +183,29 @@ def test_metadata_is_plain_json_not_parsed_as_config(make_bundle: MakeBundle) ->
     root = make_bundle(metadata=metadata)
     assert read_bundle(root).metadata["authors"] == "someone@example.org"
     assert json.loads((root / "configs" / "metadata.json").read_text())["name"] == "Test model"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_torchscript_bundle_predicts_without_heatmaps(make_bundle: MakeBundle) -> None:
+    import numpy as np
+    import torch
+    from monai.networks.nets.densenet import DenseNet121
+
+    from inference.preprocess import preprocess
+    from inference.types import ImageInput
+
+    root = make_bundle("scripted", weights=False)
+    (root / "models").mkdir()
+    torch.manual_seed(0)
+    net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).eval()
+    torch.jit.trace(net, torch.zeros(1, 1, 64, 64)).save(str(root / "models" / "model.ts"))  # type: ignore[no-untyped-call]
+    spec = read_bundle(root)
+    assert spec.weights_format == "torchscript"
+    model = ModelRegistry.from_directory(root.parent, device="cpu").get("scripted")
+    pixels = np.random.default_rng(0).random((80, 90), dtype=np.float32)
+    result = model.predict(ImageInput(pixels=pixels))
+    assert [f.heatmap for f in result.findings] == [None, None]
+    with torch.inference_mode():
+        expected = torch.sigmoid(net(torch.from_numpy(preprocess(pixels, spec.preprocessing))[None]))[0]
+    for f, p in zip(result.findings, expected.tolist(), strict=True):
+        assert f.probability == pytest.approx(p, abs=1e-5)

@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels.processing import apply_modality_lut
 
 from inference.dicom_io import ImageLoadError, apply_window, load_image
 
@@ -28,13 +28,16 @@ def assert_display_ready(pixels: np.ndarray) -> None:
     assert pixels.max() - pixels.min() > 0.2, "a real image should use a good part of the range"
 
 
+Rg1 = tuple[pydicom.Dataset, np.ndarray]
+
+
 @pytest.fixture(scope="module")
-def rg1_uncompressed() -> tuple[pydicom.Dataset, np.ndarray]:
+def rg1_uncompressed() -> Rg1:
     path = datafile("RG1_UNCR.dcm")
     return pydicom.dcmread(path), load_image(path).pixels
 
 
-def test_real_chest_radiograph_uncompressed_and_jpeg2000_agree(rg1_uncompressed) -> None:
+def test_real_chest_radiograph_uncompressed_and_jpeg2000_agree(rg1_uncompressed: Rg1) -> None:
     ds, uncompressed = rg1_uncompressed
     j2k = load_image(datafile("RG1_J2KR.dcm"))
     assert pydicom.dcmread(
@@ -47,7 +50,7 @@ def test_real_chest_radiograph_uncompressed_and_jpeg2000_agree(rg1_uncompressed)
     assert (j2k.modality, j2k.body_part, j2k.view_position) == ("CR", "CHEST", "PA")
 
 
-def test_monochrome1_is_inverted(rg1_uncompressed) -> None:
+def test_monochrome1_is_inverted(rg1_uncompressed: Rg1) -> None:
     ds, pixels = rg1_uncompressed
     assert ds.PhotometricInterpretation == "MONOCHROME1"
     raw = ds.pixel_array.astype(np.float64)
@@ -59,7 +62,7 @@ def test_monochrome1_is_inverted(rg1_uncompressed) -> None:
     np.testing.assert_allclose(pixels, expected, atol=1e-5)
 
 
-def test_chest_radiograph_spacing_of_zero_is_no_spacing(rg1_uncompressed) -> None:
+def test_chest_radiograph_spacing_of_zero_is_no_spacing() -> None:
     assert load_image(datafile("RG1_UNCR.dcm")).pixel_spacing is None  # the file says 0.000\0.000
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from monai.transforms import Compose
+from monai.transforms.compose import Compose
 
 from inference.bundle import PreprocessSpec
 from inference.preprocess import Preprocessd, normalize_intensity, preprocess, resize_image, scale_intensity
