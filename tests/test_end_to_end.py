@@ -123,7 +123,9 @@ def test_storescu_to_worklist(
         deadline = time.monotonic() + 240
         rows: list[dict[str, object]] = []
         while time.monotonic() < deadline:
-            rows = httpx.get(f"{base}/api/radiology/worklist", headers=headers, timeout=10).json()
+            response = httpx.get(f"{base}/api/radiology/worklist", headers=headers, timeout=10)
+            assert response.status_code == 200, response.text
+            rows = response.json()["rows"]
             if len(rows) == 4 and all(row.get("findings") for row in rows):
                 break
             time.sleep(0.5)
@@ -145,9 +147,11 @@ def test_storescu_to_worklist(
             up.kill()
             raise AssertionError("clinic up did not stop within 60 s of SIGTERM") from None
     assert up.returncode == 0, output
-    # Every component is gone: both ports can be bound again.
+    # Every component is gone: nothing listens on either port any more (SO_REUSEADDR lets the
+    # bind pass over the TIME_WAIT connections that closed sockets leave, never over a listener).
     import socket
 
     for port in (http_port, dicom_port):
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
