@@ -37,3 +37,12 @@ def current(database_url: str) -> str | None:
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     finally:
         engine.dispose()
+
+
+def head() -> str:
+    """The newest revision this version of the code knows."""
+    from alembic.script import ScriptDirectory
+
+    revision = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert revision is not None
+    return revision

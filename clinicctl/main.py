@@ -50,8 +50,16 @@ def _settings():  # type: ignore[no-untyped-def]
 
 
 def _session_factory(settings):  # type: ignore[no-untyped-def]
+    """Sessions on the configured database, refusing a schema older than the code."""
     from clinic.db import make_engine, make_session_factory
+    from clinic.migrate import current, head
 
+    revision, newest = current(settings.resolved_database_url), head()
+    if revision != newest:
+        raise CliError(
+            f"the database schema is at revision {revision or 'none'}, this version needs {newest}: "
+            "run `clinic db upgrade`"
+        )
     return make_session_factory(make_engine(settings.resolved_database_url))
 
 

@@ -78,3 +78,14 @@ def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
         result = run(["up"], tmp_path, CLINIC_HTTP_PORT=str(port), CLINIC_HTTP_HOST="127.0.0.1")
     assert result.returncode == 1
     assert f"HTTP port 127.0.0.1:{port} is in use" in result.stderr
+
+
+def test_an_old_or_missing_schema_asks_for_an_upgrade(tmp_path: Path) -> None:
+    missing = run(["worklist"], tmp_path)
+    assert missing.returncode == 1
+    assert "clinic db upgrade" in missing.stderr and "Traceback" not in missing.stderr
+    assert run(["db", "upgrade", "0001"], tmp_path).returncode == 0
+    old = run(["jobs", "failed"], tmp_path)
+    assert old.returncode == 1 and "revision 0001" in old.stderr
+    assert run(["db", "upgrade"], tmp_path).returncode == 0
+    assert run(["jobs", "failed"], tmp_path).returncode == 0
