@@ -84,7 +84,7 @@ def test_an_old_or_missing_schema_asks_for_an_upgrade(tmp_path: Path) -> None:
     missing = run(["worklist"], tmp_path)
     assert missing.returncode == 1
     assert "clinic db upgrade" in missing.stderr and "Traceback" not in missing.stderr
-    assert run(["db", "upgrade", "0001"], tmp_path).returncode == 0
+    assert run(["db", "upgrade", "--revision", "0001"], tmp_path).returncode == 0
     old = run(["jobs", "failed"], tmp_path)
     assert old.returncode == 1 and "revision 0001" in old.stderr
     assert run(["db", "upgrade"], tmp_path).returncode == 0
