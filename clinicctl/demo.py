@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
 from clinic.settings import Settings
@@ -79,7 +78,7 @@ def run_demo(settings: Settings, console: Console, *, studies: int, stay: bool, 
     from clinic.migrate import upgrade
     from clinic.radiology.service import worklist
     from clinicctl.models import ensure_demo_models
-    from clinicctl.output import worklist_table
+    from clinicctl.output import progress_bar, worklist_table
     from clinicctl.supervisor import Supervisor
     from integrations.dicom.scu import send_files
 
@@ -93,13 +92,7 @@ def run_demo(settings: Settings, console: Console, *, studies: int, stay: bool, 
         supervisor.print_banner()
         with tempfile.TemporaryDirectory(prefix="clinic-demo-") as tmp:
             paths, study_uids = _write_studies(Path(tmp), studies)
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(),
-                console=console,
-            ) as progress:
+            with progress_bar(console) as progress:
                 sending = progress.add_task("C-STORE to the platform", total=len(paths))
                 results = send_files(
                     "127.0.0.1",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from clinic.settings import Settings
 from clinicctl.errors import CliError
+from clinicctl.output import progress_bar
 
 
 def ensure_demo_models(settings: Settings, console: Console, *, force: bool = False, seed: int = 0) -> None:
@@ -26,13 +26,7 @@ def ensure_demo_models(settings: Settings, console: Console, *, force: bool = Fa
         "([italic]synthetic demo model — not for clinical use[/]); a few minutes on 2 CPU cores"
     )
     started = time.monotonic()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with progress_bar(console) as progress:
         tasks: dict[str, int] = {}
 
         def report(stage: str, done: int, total: int) -> None:

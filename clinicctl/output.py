@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -78,3 +80,14 @@ def jobs_table(rows: Iterable[AnalysisJob]) -> Table:
         finished = job.finished_at.strftime("%Y-%m-%d %H:%M:%S") if job.finished_at else ""
         table.add_row(str(job.id), str(job.study_id), str(job.attempts), finished, job.error)
     return table
+
+
+def progress_bar(console: Console) -> Progress:
+    """The progress bar of long CLI work: what, how far, how long so far."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
