@@ -180,6 +180,12 @@ class Supervisor:
             f"data {s.resolved_data_dir}"
         )
         self.console.print(f"logs in {self.log_dir}/{{http,dicom,worker}}.log · Ctrl-C stops everything.")
+        models = s.resolved_models_dir
+        if not any(models.glob("*/configs/metadata.json")):
+            self.console.print(
+                f"[yellow]no model bundles in {models}: studies will be stored but not read; "
+                "run `clinic models train-demo` or drop a MONAI bundle there[/]"
+            )
 
 
 def _redact(url: str) -> str:
