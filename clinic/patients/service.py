@@ -53,3 +53,22 @@ def upsert_patient(session: Session, demo: PatientDemographics) -> Patient:
     if demo.sex and demo.sex != patient.sex:
         patient.sex = demo.sex
     return patient
+
+
+def display_name(person_name: str) -> str:
+    """A DICOM/HL7 person name (``FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX``, PS3.5 §6.2) for people.
+
+    ``KIM^JISOO`` → ``KIM, JISOO``; ``DOE^JOHN^Q^DR^JR`` → ``DOE, DR JOHN Q JR``. Ideographic and
+    phonetic groups after ``=`` are kept, each formatted alike.
+    """
+    groups = []
+    for group in person_name.split("="):
+        parts = [p.strip() for p in group.split("^")] + [""] * 5
+        family, given, middle, prefix, suffix = parts[:5]
+        rest = " ".join(p for p in (prefix, given, middle) if p)
+        name = ", ".join(p for p in (family, rest) if p)
+        if suffix:
+            name = f"{name} {suffix}" if name else suffix
+        if name:
+            groups.append(name)
+    return " = ".join(groups)

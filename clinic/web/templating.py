@@ -11,11 +11,13 @@ from starlette.responses import Response
 
 from clinic.ai.models import SYNTHETIC_DISCLAIMER
 from clinic.auth.models import Role
+from clinic.patients.service import display_name
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
 
 templates = Jinja2Templates(directory=TEMPLATES_DIR)
+templates.env.filters["person_name"] = display_name
 
 #: Each role's first page. Admins integrate and operate; they do not read images (the radiology
 #: pages are for radiologists only). Roles without a page yet land on ``/``.

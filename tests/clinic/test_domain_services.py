@@ -182,3 +182,19 @@ def test_a_published_job_never_taken_is_handed_out_again(session_factory: sessio
         assert ai.claim_job(session, job_id, dt.timedelta(seconds=30)) is not None
     with unit_of_work(session_factory) as session:  # running jobs are the lease's business
         assert ai.requeue_stale_pending(session, "inference.cpu", wait, now=later) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("KIM^JISOO", "KIM, JISOO"),
+        ("DOE^JOHN^Q^DR^JR", "DOE, DR JOHN Q JR"),
+        ("HONG^GILDONG=洪^吉洞", "HONG, GILDONG = 洪, 吉洞"),
+        ("SINGLE", "SINGLE"),
+        ("", ""),
+    ],
+)
+def test_person_names_are_shown_without_carets(raw: str, shown: str) -> None:
+    from clinic.patients.service import display_name
+
+    assert display_name(raw) == shown

@@ -273,9 +273,10 @@ def test_study_detail_image_and_heatmap(
         f"version {MODEL_VERSION}",
         SYNTHETIC_DISCLAIMER,
         'id="overlay-toggle"',
-        "HONG^GILDONG",
+        "HONG, GILDONG",  # the PN shown for people, not as stored (HONG^GILDONG)
     ):
         assert text in page.text
+    assert "HONG^GILDONG" not in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
 
 

@@ -70,7 +70,7 @@
     td.appendChild(el("div", "sub", utc(r.arrived_at)));
     tr.appendChild(td);
     td = el("td");
-    const link = el("a", "patient", r.patient_name || "(no name)");
+    const link = el("a", "patient", personName(r.patient_name) || "(no name)");
     link.href = r.url;
     td.appendChild(link);
     td.appendChild(el("div", "sub", "ID " + r.patient_identifier));
@@ -137,3 +137,15 @@
   countsFromTable();
   window.setInterval(refresh, seconds * 1000);
 })();
+
+// A DICOM/HL7 person name FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX for people (as display_name in
+// clinic/patients/service.py): "KIM^JISOO" -> "KIM, JISOO".
+function personName(pn) {
+  return (pn || "").split("=").map(function (group) {
+    const p = group.split("^").map(function (x) { return x.trim(); }).concat(["", "", "", "", ""]);
+    const rest = [p[3], p[1], p[2]].filter(Boolean).join(" ");
+    let name = [p[0], rest].filter(Boolean).join(", ");
+    if (p[4]) name = name ? name + " " + p[4] : p[4];
+    return name;
+  }).filter(Boolean).join(" = ");
+}
