@@ -87,17 +87,7 @@ def _queues(kind: str) -> list[Queue]:
 def _broker_options(settings: Settings, kind: str) -> tuple[str, dict[str, Any]]:
     if kind == "embedded":
         fs_transport.register()
-        root = settings.broker_dir
-        folders = {
-            "data_folder_in": root / "queue",
-            "data_folder_out": root / "queue",
-            "control_folder": root / "control",
-            "processed_folder": root / "processed",
-            "tmp_folder": root / "tmp",
-        }
-        for folder in folders.values():
-            folder.mkdir(parents=True, exist_ok=True)
-        options: dict[str, Any] = {key: str(value) for key, value in folders.items()}
+        options: dict[str, Any] = dict(fs_transport.folder_options(settings.broker_dir))
         # Measured here: 10 ms polling gives ~12 ms per hop; kombu's default 1 s adds a second.
         options["polling_interval"] = settings.broker_polling_interval
         return f"{fs_transport.ALIAS}://localhost//", options

@@ -56,6 +56,20 @@ def register() -> None:
     TRANSPORT_ALIASES[ALIAS] = f"{__name__}:Transport"
 
 
+def folder_options(root: Path) -> dict[str, str]:
+    """The transport's folders under *root* (created), as kombu transport options."""
+    folders = {
+        "data_folder_in": root / "queue",
+        "data_folder_out": root / "queue",
+        "control_folder": root / "control",
+        "processed_folder": root / "processed",
+        "tmp_folder": root / "tmp",
+    }
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return {key: str(value) for key, value in folders.items()}
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

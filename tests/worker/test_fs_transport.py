@@ -27,18 +27,9 @@ from worker.app import create_celery
 
 def _connection(root: Path, **options: object) -> Connection:
     fs_transport.register()
-    folders = {
-        "data_folder_in": root / "queue",
-        "data_folder_out": root / "queue",
-        "control_folder": root / "control",
-        "processed_folder": root / "processed",
-        "tmp_folder": root / "tmp",
-    }
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
     return Connection(
         f"{fs_transport.ALIAS}://",
-        transport_options={**{k: str(v) for k, v in folders.items()}, "polling_interval": 0.01, **options},
+        transport_options={**fs_transport.folder_options(root), "polling_interval": 0.01, **options},
     )
 
 
