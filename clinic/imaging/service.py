@@ -204,10 +204,6 @@ def complete_quiet_series(
     return completed
 
 
-def get_study(session: Session, study_id: int) -> Study | None:
-    return session.get(Study, study_id)
-
-
 def study_instances(session: Session, study_id: int) -> Sequence[tuple[Series, Instance]]:
     rows = session.execute(
         select(Series, Instance)

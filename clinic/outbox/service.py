@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from clinic.db import utcnow
@@ -48,8 +48,6 @@ def mark_failed_attempt(message: OutboxMessage, error: str, backoff_cap_s: float
 
 
 def pending_count(session: Session) -> int:
-    from sqlalchemy import func
-
     return session.scalar(
         select(func.count()).select_from(OutboxMessage).where(OutboxMessage.published_at.is_(None))
     ) or 0
