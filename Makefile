@@ -9,8 +9,9 @@ BIN    := $(VENV)/bin
 # any torch >= 2.4 so that GPU users can bring a CUDA build.
 TORCH  ?= torch==2.13.0
 # Debian packages: dcmtk (storescu/storescp/echoscu, the DICOM peers of the tests and benchmarks),
+# dicom3tools (dciodvfy checks every SR/SEG we write), orthanc (the hospital PACS of the tests),
 # chromium (Playwright drives it for the web-page tests), fonts for readable screenshots.
-APT_PACKAGES := dcmtk chromium fonts-dejavu-core
+APT_PACKAGES := dcmtk dicom3tools orthanc chromium fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export CLINIC_DATA_DIR ?= $(CURDIR)/var

@@ -1,24 +1,32 @@
 """Every table of the platform, imported so that ``Base.metadata`` is complete (Alembic, tests)."""
 
-from clinic.ai.models import AIFinding, AIRead, AnalysisJob
+from clinic.ai.models import AIFinding, AIMeasurement, AIRead, AnalysisJob
 from clinic.audit.models import AuditEvent
 from clinic.auth.models import User
 from clinic.db import Base
-from clinic.imaging.models import Instance, ReceiveFailure, Series, Study
+from clinic.imaging.models import Instance, ReceiveFailure, Series, Study, StudyPrior
+from clinic.network.models import RemoteAE
 from clinic.outbox.models import OutboxMessage
 from clinic.patients.models import Patient
+from clinic.results.models import Delivery, DeliveryAttempt, ResultObject
 
 __all__ = [
     "AIFinding",
+    "AIMeasurement",
     "AIRead",
     "AnalysisJob",
     "AuditEvent",
+    "Delivery",
+    "DeliveryAttempt",
     "Base",
     "Instance",
     "OutboxMessage",
     "Patient",
     "ReceiveFailure",
+    "RemoteAE",
+    "ResultObject",
     "Series",
     "Study",
+    "StudyPrior",
     "User",
 ]

@@ -55,6 +55,17 @@ class Settings(BaseSettings):
     dicom_port: int = 11112
     dicom_ae: str = Field(default="CLINIC", max_length=16)
     mllp_port: int = 2575
+    #: Refuse associations from calling AE titles that are not known remote AEs allowed to store
+    #: (``clinic dicom ae add``). Off: any calling AE may store (embedded/demo default).
+    dicom_allowlist: bool = False
+    #: Send AI result objects (TID 1500 SR, SEG) to every remote AE marked ``receives_results``.
+    results_send: bool = True
+    #: Delivery retries: first after this many seconds, doubling up to the cap; a destination that
+    #: is down delays results and loses none (a delivery stays pending until it is sent).
+    delivery_backoff_seconds: float = 2.0
+    delivery_backoff_cap_seconds: float = 300.0
+    #: How many previous studies (same patient, same modality) to fetch from the prior PACS.
+    priors_limit: int = Field(default=3, ge=0)
 
     #: Folder of MONAI bundles. Empty: ``<data_dir>/models``.
     models_dir: Path | None = None

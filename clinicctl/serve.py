@@ -18,10 +18,10 @@ def serve(settings: Settings, component: str) -> None:
     if component == "http":
         import uvicorn
 
-        from clinic.web.app import create_app
+        from clinicctl.webapp import build_app
 
         uvicorn.run(
-            create_app(settings),
+            build_app(settings),
             host=settings.http_host,
             port=settings.http_port,
             log_level="warning",

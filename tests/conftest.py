@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from clinic.db import make_engine, make_session_factory
 from clinic.migrate import upgrade
 from clinic.settings import Environment, Settings
+from tests.peers.orthanc import orthanc_factory  # noqa: F401  (fixture: Orthanc as the PACS)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_DSN = os.environ.get(
@@ -139,3 +140,4 @@ def rabbitmq_vhost() -> Iterator[str]:
         yield RABBITMQ_URL.rstrip("/") + "/" + vhost
     finally:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+

@@ -61,12 +61,19 @@ class AIRead(Base):
     disclaimer: Mapped[str] = mapped_column(String(200), default="")
     #: The instance the model read.
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    #: The series the model read (a 3D model reads a whole series; a 2D model one instance of it).
+    series_uid: Mapped[str] = mapped_column(String(64), default="")
+    #: Segmentation label map (uint8, the source series' geometry, .npz), relative to the data dir.
+    mask_path: Mapped[str] = mapped_column(String(400), default="")
     device: Mapped[str] = mapped_column(String(32), default="cpu")
     inference_ms: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     findings: Mapped[list[AIFinding]] = relationship(
         back_populates="read", order_by="AIFinding.id", cascade="all, delete-orphan", lazy="selectin"
+    )
+    measurements: Mapped[list[AIMeasurement]] = relationship(
+        back_populates="read", order_by="AIMeasurement.id", cascade="all, delete-orphan", lazy="selectin"
     )
 
 
@@ -89,3 +96,23 @@ class AIFinding(Base):
     heatmap_path: Mapped[str] = mapped_column(String(400), default="")
 
     read: Mapped[AIRead] = relationship(back_populates="findings")
+
+
+class AIMeasurement(Base):
+    """A number a model measured, e.g. nodule count, largest diameter (mm), volume (mm3).
+
+    ``unit`` is UCUM (``{count}``, ``mm``, ``mm3``); ``finding_code`` ties it to a finding when it
+    describes one (empty for read-level measurements).
+    """
+
+    __tablename__ = "ai_measurements"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    read_id: Mapped[int] = mapped_column(ForeignKey("ai_reads.id"), index=True)
+    finding_code: Mapped[str] = mapped_column(String(64), default="")
+    code: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float] = mapped_column(Float)
+    unit: Mapped[str] = mapped_column(String(32))
+
+    read: Mapped[AIRead] = relationship(back_populates="measurements")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from enum import StrEnum
 
-from sqlalchemy import Date, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from clinic.db import Base, UTCDateTime, utcnow
@@ -34,6 +34,8 @@ class Study(Base):
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    #: Fetched from a PACS as a prior of another study: shown to the radiologist, never analysed.
+    is_prior: Mapped[bool] = mapped_column(Boolean, default=False)
 
     patient: Mapped[Patient] = relationship(lazy="joined")
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.series_number")
@@ -96,3 +98,28 @@ class ReceiveFailure(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
     status_code: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
+
+
+class PriorStatus(StrEnum):
+    PENDING = "pending"  # found by C-FIND, retrieve requested
+    FETCHED = "fetched"  # C-MOVE/C-GET completed
+    FAILED = "failed"
+
+
+class StudyPrior(Base):
+    """A previous study of the same patient and modality, found on a PACS for *study_id*."""
+
+    __tablename__ = "study_priors"
+    __table_args__ = (UniqueConstraint("study_id", "prior_study_uid", name="uq_study_priors_pair"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    prior_study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    source_ae: Mapped[str] = mapped_column(String(16), default="")
+    prior_study_date: Mapped[dt.date | None] = mapped_column(Date, default=None)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    description: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[PriorStatus] = mapped_column(String(16), default=PriorStatus.PENDING)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    fetched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -7,7 +7,7 @@ its router to :data:`ROUTERS`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request, status
@@ -70,9 +70,16 @@ def home(request: Request, user: CurrentUser) -> Response:
     return render(request, "home.html", {"role_homes": ROLE_HOMES})
 
 
-def create_app(settings: Settings, session_factory: sessionmaker[Session] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    session_factory: sessionmaker[Session] | None = None,
+    extra_routers: Sequence[APIRouter] = (),
+) -> FastAPI:
     """The ASGI app for *settings*. Without *session_factory*, the engine for
-    ``settings.resolved_database_url`` is created here, once, and disposed of at shutdown."""
+    ``settings.resolved_database_url`` is created here, once, and disposed of at shutdown.
+
+    *extra_routers* are the protocol adapters' routes (DICOMweb, FHIR), handed in by the composition
+    root (``clinicctl.webapp``): ``clinic`` never imports ``integrations``."""
     owned_engine: Engine | None = None
     if session_factory is None:
         owned_engine = make_engine(settings.resolved_database_url)
@@ -99,7 +106,7 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session] | None
     app.state.session_factory = session_factory
     errors.install(app)
     app.include_router(_core)
-    for router in ROUTERS:
+    for router in (*ROUTERS, *extra_routers):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

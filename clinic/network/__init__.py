@@ -1,0 +1,1 @@
+"""Known DICOM application entities (remote AEs) and what each may do."""
