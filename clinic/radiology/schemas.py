@@ -6,6 +6,7 @@ import datetime as dt
 
 from pydantic import BaseModel
 
+from clinic.imaging.priors import PriorInfo
 from clinic.radiology.service import FindingView, ReadView, SeriesView, StudyDetail, WorklistRow
 
 
@@ -172,11 +173,52 @@ class ReadOut(BaseModel):
         )
 
 
+class PriorOut(BaseModel):
+    """A previous study fetched from a PACS for comparison, or the report of a failed query."""
+
+    id: int
+    prior_study_uid: str
+    study_date: dt.date | None
+    modality: str
+    description: str
+    #: pending, fetched or failed (clinic.imaging.models.PriorStatus)
+    status: str
+    error: str
+    source_ae: str
+    fetched_at: dt.datetime | None
+    #: True for the row that says a PACS could not be queried (no prior study behind it).
+    is_query_report: bool
+    study_id: int | None
+    #: The prior's own page, once it is fetched.
+    url: str | None
+
+    @classmethod
+    def from_info(cls, p: PriorInfo) -> PriorOut:
+        linked = p.prior_study_id if p.status == "fetched" else None
+        return cls(
+            id=p.prior_id,
+            prior_study_uid=p.prior_study_uid,
+            study_date=p.study_date,
+            modality=p.modality,
+            description=p.description,
+            status=str(p.status),
+            error=p.error,
+            source_ae=p.source_ae,
+            fetched_at=p.fetched_at,
+            is_query_report=p.is_query_report,
+            study_id=linked,
+            url=f"/radiology/studies/{linked}" if linked is not None else None,
+        )
+
+
 class StudyOut(BaseModel):
     study: WorklistRowOut
     display_instance_id: int | None
     series: list[SeriesOut]
     reads: list[ReadOut]
+    #: True when this study was fetched as a prior of another one (not a work item).
+    is_prior: bool = False
+    priors: list[PriorOut] = []
 
     @classmethod
     def from_detail(cls, d: StudyDetail) -> StudyOut:
@@ -186,4 +228,6 @@ class StudyOut(BaseModel):
             display_instance_id=shown.instance_id if shown else None,
             series=[SeriesOut.from_view(s) for s in d.series],
             reads=[ReadOut.from_view(r) for r in d.reads],
+            is_prior=d.is_prior,
+            priors=[PriorOut.from_info(p) for p in d.priors],
         )

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from clinic.ai.models import SYNTHETIC_DISCLAIMER, AIRead, AnalysisJob, JobStatus
 from clinic.db import utcnow
 from clinic.imaging.models import Instance, ReceiveStatus, Series, Study
+from clinic.imaging.priors import PriorInfo, list_priors
 from clinic.radiology.priority import AIUrgency, Priority, decide_priority
 from clinic.settings import Settings
 
@@ -116,6 +117,10 @@ class StudyDetail:
     row: WorklistRow
     series: tuple[SeriesView, ...]
     reads: tuple[ReadView, ...]
+    #: The patient's previous studies fetched from a PACS for comparison (clinic.imaging.priors).
+    priors: tuple[PriorInfo, ...] = ()
+    #: This study is itself such a prior: shown for comparison, never new work.
+    is_prior: bool = False
 
     def display_instance(self) -> InstanceView | None:
         """The instance to show first: the one the AI read, else the first one received."""
@@ -214,7 +219,9 @@ def sort_key(row: WorklistRow) -> tuple[int, dt.datetime, int]:
 def worklist(session: Session, settings: Settings, now: dt.datetime | None = None) -> list[WorklistRow]:
     """Every study with its AI findings and priority, most urgent first (DESIGN.md §6)."""
     now = now or utcnow()
-    studies = session.scalars(select(Study)).all()
+    # Priors fetched from a PACS for comparison are not new work: they are listed on the page of
+    # the study they were fetched for, never as work items of their own.
+    studies = session.scalars(select(Study).where(Study.is_prior.is_(False))).all()
     series_by_study: dict[int, list[Series]] = defaultdict(list)
     for series in session.scalars(select(Series).order_by(Series.series_number, Series.id)):
         series_by_study[series.study_id].append(series)
@@ -295,4 +302,6 @@ def study_detail(
             )
             for r in reads
         ),
+        priors=tuple(list_priors(session, study_id)),
+        is_prior=study.is_prior,
     )
