@@ -5,11 +5,13 @@ The caller owns the transaction (STYLE.md): nothing here commits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from clinic.audit import service as audit
 from clinic.db import utcnow
 from clinic.network.models import RemoteAE
 
@@ -67,6 +69,52 @@ class AEIn:
     query_priors: bool = False
     retrieve_method: str = "move"
     enabled: bool = True
+
+
+def to_ae_in(ae: RemoteAE) -> AEIn:
+    """The stored AE as the value :func:`update_ae` takes (to change a few fields of it)."""
+    return AEIn(**{f.name: getattr(ae, f.name) for f in fields(AEIn)})
+
+
+def with_changes(ae: RemoteAE, **changes: Any) -> AEIn:
+    """The stored AE with *changes* applied; a change of ``None`` keeps the stored value."""
+    unknown = set(changes) - {f.name for f in fields(AEIn)}
+    if unknown:
+        raise NetworkError(f"unknown AE field(s): {', '.join(sorted(unknown))}")
+    return replace(to_ae_in(ae), **{k: v for k, v in changes.items() if v is not None})
+
+
+def describe_changes(before: AEIn | None, after: AEIn | None) -> str:
+    """``field: old -> new`` for the audit trail (AE settings hold no patient data)."""
+    if after is None:
+        return "removed"
+    if before is None:
+        return ", ".join(f"{k}={v}" for k, v in asdict(after).items())
+    old, new = asdict(before), asdict(after)
+    return ", ".join(f"{k}: {old[k]} -> {new[k]}" for k in new if old[k] != new[k]) or "no change"
+
+
+def audit_change(
+    session: Session,
+    *,
+    username: str,
+    role: str,
+    action: str,
+    ae_title: str,
+    detail: str,
+    client: str = "",
+) -> None:
+    """An audit row for a change of the AE configuration (who may store, where results go)."""
+    audit.record(
+        session,
+        username=username,
+        role=role,
+        action=action,
+        resource_type="remote-ae",
+        resource_id=ae_title,
+        client=client,
+        detail=detail,
+    )
 
 
 def _check(ae_in: AEIn) -> None:
@@ -154,6 +202,12 @@ def store_allowed(session: Session, calling_ae: str) -> bool:
     """Whether *calling_ae* may store to us when the allow-list is on."""
     ae = find_ae(session, calling_ae)
     return ae is not None and ae.enabled and ae.may_store
+
+
+def allowed_calling_aes(session: Session) -> frozenset[str]:
+    """Every AE title that may store to us when the allow-list is on (one query, for a cache)."""
+    query = select(RemoteAE.ae_title).where(RemoteAE.enabled, RemoteAE.may_store)
+    return frozenset(session.scalars(query))
 
 
 def result_destinations(session: Session) -> list[RemoteAE]:
