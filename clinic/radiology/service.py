@@ -123,13 +123,22 @@ class StudyDetail:
     is_prior: bool = False
 
     def display_instance(self) -> InstanceView | None:
-        """The instance to show first: the one the AI read, else the first one received."""
-        instances = [i for s in self.series for i in s.instances]
+        """The instance to show first: the one the AI read, else the first image received.
+
+        Series without pixels to show (our own SR results, SEG, other documents) never are.
+        """
+        instances = [
+            i for s in self.series if s.modality.upper() not in NON_IMAGE_MODALITIES for i in s.instances
+        ]
         read_uids = {r.sop_instance_uid for r in self.reads}
         for instance in instances:
             if instance.sop_instance_uid in read_uids:
                 return instance
         return instances[0] if instances else None
+
+
+#: Modalities of series that hold documents or segmentations, not images to view (PS3.3 C.7.3.1.1.1).
+NON_IMAGE_MODALITIES = frozenset({"SR", "SEG", "KO", "PR", "DOC", "RTSTRUCT"})
 
 
 def disclaimer_for(read: AIRead) -> str:

@@ -337,3 +337,38 @@ def test_the_stored_file_is_the_one_rendered(
         dtype=int,
     )
     assert np.array_equal(a + b, np.full_like(a, 255))
+
+
+def test_study_page_shows_an_image_not_our_own_sr_series(
+    client: TestClient,
+    web_settings: Settings,
+    session_factory: sessionmaker[Session],
+    radiologist: dict[str, str],
+) -> None:
+    """An AI result SR recorded in the study (series number 0, before the image) is no image to show."""
+    from clinic.imaging.service import InstanceMeta, record_instance
+    from clinic.patients.service import PatientDemographics
+
+    stored = store_cxr(web_settings, session_factory, patient="P78")
+    with unit_of_work(session_factory) as session:
+        study = session.get(Study, stored.study_id)
+        assert study is not None
+        sr = record_instance(
+            session,
+            InstanceMeta(
+                patient=PatientDemographics(identifier="P78"),
+                study_uid=study.study_uid,
+                series_uid="1.2.826.0.1.3680043.8.498.1",
+                sop_instance_uid="1.2.826.0.1.3680043.8.498.2",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                file_path="dicom/sr.dcm",
+                file_size=1,
+                modality="SR",
+                series_number=0,
+                instance_number=1,
+            ),
+        )
+    body = client.get(f"/api/radiology/studies/{stored.study_id}", headers=radiologist).json()
+    assert [s["modality"] for s in body["series"]][0] == "SR"  # listed first ...
+    assert body["display_instance_id"] == stored.instance_id != sr.instance_id  # ... but not shown
