@@ -10,8 +10,9 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 # Debian packages: dcmtk (storescu/storescp/echoscu, the DICOM peers of the tests and benchmarks),
 # dicom3tools (dciodvfy checks every SR/SEG we write), orthanc (the hospital PACS of the tests),
-# chromium (Playwright drives it for the web-page tests), fonts for readable screenshots.
-APT_PACKAGES := dcmtk dicom3tools orthanc chromium fonts-dejavu-core
+# chromium (Playwright drives it for the web-page tests), fonts for readable screenshots,
+# orthanc-dicomweb (Orthanc's DICOMweb plugin: bench/dicomweb_metadata.py compares with it).
+APT_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb chromium fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export CLINIC_DATA_DIR ?= $(CURDIR)/var

@@ -3,7 +3,8 @@
 The grayscale pipeline is the one of PS3.3 C.11 (and PS3.4 N.2.1): stored values → Modality LUT
 (Rescale Slope/Intercept or a Modality LUT Sequence, C.11.1) → VOI LUT (a VOI LUT Sequence or the
 window given, C.11.2; LINEAR, LINEAR_EXACT and SIGMOID functions, C.11.2.1.2–3) → MONOCHROME1 is
-inverted so that the picture looks as the modality intended. Only the first frame is decoded.
+inverted so that the picture looks as the modality intended. One frame is decoded (the first
+unless another is asked for, e.g. by DICOMweb's frame-level ``/rendered``, PS3.18 §9.5).
 Compressed transfer syntaxes are decoded by pydicom's pixel handlers (pylibjpeg and its plugins).
 
 The image is scaled down to ``max_size`` *before* the VOI transform: a window change then needs no
@@ -135,10 +136,10 @@ def _scale(values: np.ndarray, max_size: int) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
-def _prepare(path: Path, max_size: int) -> _Prepared:
+def _prepare(path: Path, max_size: int, index: int = 0) -> _Prepared:
     ds = Dataset()
     try:
-        frame = pixel_array(path, index=0, ds_out=ds)
+        frame = pixel_array(path, index=index, ds_out=ds)
     except Exception as exc:  # pydicom raises many types for undecodable or absent pixel data
         raise RenderError(f"cannot decode pixel data: {type(exc).__name__}") from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -189,12 +190,12 @@ def _auto(values: np.ndarray) -> np.ndarray:
     return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def _to_8bit(prepared: _Prepared, window: Window | None) -> np.ndarray:
+def _to_8bit(prepared: _Prepared, window: Window | None, voi_function: str | None = None) -> np.ndarray:
     values = prepared.values
     if values.ndim == 3:  # colour: no VOI stage (C.11 applies to grayscale); a given window still works
         unit = apply_window(values, window) if window else np.clip(values / 255.0, 0.0, 1.0)
     elif window is not None:
-        unit = apply_window(values, window, prepared.voi_function)
+        unit = apply_window(values, window, voi_function or prepared.voi_function)
     elif prepared.voi_lut is not None:
         unit = _apply_lut(values, prepared.voi_lut)
     elif prepared.window is not None:
@@ -214,17 +215,17 @@ class _LRU:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[tuple[str, int, int, int], _Prepared] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int, int, int, int], _Prepared] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path, max_size: int) -> _Prepared:
+    def get(self, path: Path, max_size: int, index: int = 0) -> _Prepared:
         stat = path.stat()
-        key = (str(path), stat.st_mtime_ns, stat.st_size, max_size)
+        key = (str(path), stat.st_mtime_ns, stat.st_size, max_size, index)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        prepared = _prepare(path, max_size)
+        prepared = _prepare(path, max_size, index)
         with self._lock:
             self._items[key] = prepared
             while len(self._items) > self.capacity:
@@ -236,25 +237,46 @@ class _LRU:
 _cache = _LRU(capacity=16)
 
 
+def render_image(
+    path: Path,
+    *,
+    window: Window | None = None,
+    max_size: int = 1024,
+    frame: int = 0,
+    voi_function: str | None = None,
+) -> Image.Image:
+    """Frame *frame* (0-based) of the DICOM file at *path* as an 8-bit image, at most *max_size*
+    pixels on its longer side. *voi_function* (LINEAR, LINEAR_EXACT, SIGMOID) applies to the
+    given *window* instead of the header's VOI LUT Function."""
+    if not 1 <= max_size <= MAX_RENDER_SIZE:
+        raise ValueError(f"max_size must be between 1 and {MAX_RENDER_SIZE}")
+    if frame < 0:
+        raise ValueError("frame must be >= 0")
+    pixels = _to_8bit(_cache.get(path, max_size, frame), window, voi_function)
+    return Image.fromarray(pixels, mode="RGB" if pixels.ndim == 3 else "L")
+
+
+def encode_image(image: Image.Image, fmt: ImageFormat = ImageFormat.PNG, quality: int = 90) -> bytes:
+    """PNG or JPEG bytes of *image*."""
+    buffer = io.BytesIO()
+    if fmt is ImageFormat.JPEG:
+        image.save(buffer, format="JPEG", quality=quality)
+    else:
+        image.save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
 def render_instance(
     path: Path,
     *,
     window: Window | None = None,
     max_size: int = 1024,
     fmt: ImageFormat = ImageFormat.PNG,
+    frame: int = 0,
 ) -> bytes:
-    """The first frame of the DICOM file at *path* as PNG or JPEG bytes, at most *max_size* pixels
-    on its longer side."""
-    if not 1 <= max_size <= MAX_RENDER_SIZE:
-        raise ValueError(f"max_size must be between 1 and {MAX_RENDER_SIZE}")
-    pixels = _to_8bit(_cache.get(path, max_size), window)
-    image = Image.fromarray(pixels, mode="RGB" if pixels.ndim == 3 else "L")
-    buffer = io.BytesIO()
-    if fmt is ImageFormat.JPEG:
-        image.save(buffer, format="JPEG", quality=90)
-    else:
-        image.save(buffer, format="PNG", compress_level=3)
-    return buffer.getvalue()
+    """Frame *frame* (the first by default) of the DICOM file at *path* as PNG or JPEG bytes, at
+    most *max_size* pixels on its longer side."""
+    return encode_image(render_image(path, window=window, max_size=max_size, frame=frame), fmt)
 
 
 # --- heatmaps --------------------------------------------------------------------------------

@@ -40,6 +40,10 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ClientDep = Annotated[str, Depends(client_address)]
 
 
+#: Paths of machine clients (the API, DICOMweb): JSON errors and a 401, never a login redirect.
+API_PREFIXES = ("/api/", "/dicomweb/")
+
+
 def is_api_request(request: Request) -> bool:
     """API callers get JSON errors; everything else is a page and gets HTML or a redirect."""
-    return request.url.path.startswith("/api/")
+    return request.url.path.startswith(API_PREFIXES)

@@ -81,6 +81,8 @@ from clinic.db import make_engine, make_session_factory, unit_of_work
 from clinic.imaging.service import InstanceMeta, record_failure, record_instance
 from clinic.patients.service import PatientDemographics
 from clinic.settings import Settings
+from integrations.dicom.allowlist import CACHE_SECONDS as ALLOWLIST_CACHE_SECONDS
+from integrations.dicom.allowlist import CallingAEAllowList, handle_requested
 from integrations.dicom.errors import (
     DatasetEncodingError,
     DicomReceiveError,
@@ -116,6 +118,20 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = (
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
     MultiFrameTrueColorSecondaryCaptureImageStorage,
+)
+
+#: Storage SOP classes whose IODs have no Pixel Data: SR documents (PS3.3 A.35) and key object
+#: selections (A.35.4). DICOMweb STOW-RS stores them (AI result SRs); the image rule of
+#: :func:`_check` skips them.
+NON_IMAGE_SOP_CLASSES: frozenset[str] = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+        "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+        "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+        "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+        "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR
+        "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
+    }
 )
 
 #: Transfer syntaxes we accept (PS3.5 Annex A); the data set is stored as received in any of them.
@@ -196,8 +212,8 @@ def _check(header: InstanceHeader, sop_class_uid: str, sop_instance_uid: str, ct
     validate_uid(header.study_uid, "StudyInstanceUID")
     validate_uid(header.series_uid, "SeriesInstanceUID")
     validate_uid(header.sop_instance_uid, "SOPInstanceUID")
-    if not header.has_pixel_data:
-        # Every SOP class we store is an image IOD: Pixel Data is Type 1 (PS3.3 C.7.6.3). A
+    if not header.has_pixel_data and sop_class_uid not in NON_IMAGE_SOP_CLASSES:
+        # Every other SOP class we store is an image IOD: Pixel Data is Type 1 (PS3.3 C.7.6.3). A
         # data set cut off at an element boundary before it is caught here.
         raise MissingAttributeError("PixelData")
 
@@ -533,6 +549,7 @@ def start_scp(
     network_timeout: float = 60.0,
     fast_path: bool = True,
     on_ready: Callable[[ScpServer], None] | None = None,
+    allowlist_cache_seconds: float = ALLOWLIST_CACHE_SECONDS,
 ) -> ScpServer:
     """Start the C-ECHO/C-STORE SCP on ``settings.dicom_host``:``settings.dicom_port``.
 
@@ -544,6 +561,8 @@ def start_scp(
     :mod:`integrations.dicom.transport` (when the installed pynetdicom is one they support). With
     *block* the call serves until the server is shut down (or
     Ctrl-C) and returns the stopped handle; *on_ready* is called with the handle once it listens.
+    With ``settings.dicom_allowlist`` unknown calling AEs are refused at association time
+    (:mod:`integrations.dicom.allowlist`; the AE table is re-read every *allowlist_cache_seconds*).
     """
     engine: Engine | None = None
     if session_factory is None:
@@ -560,6 +579,9 @@ def start_scp(
         (evt.EVT_C_STORE, handle_store, [context]),
         (evt.EVT_C_ECHO, handle_echo, [context]),
     ]
+    if settings.dicom_allowlist:  # refuse unknown calling AEs at association time (PS3.8 9.3.4)
+        allowlist = CallingAEAllowList(session_factory, cache_seconds=allowlist_cache_seconds)
+        handlers.append((evt.EVT_REQUESTED, handle_requested, [allowlist]))
     server = cast(
         _AssociationServer,
         ae.make_server(

@@ -42,6 +42,9 @@ class SendResult:
     status: int | None
     #: Error Comment of a failure response, or why the file was not sent.
     error: str = ""
+    #: When the association was rejected: the A-ASSOCIATE-RJ result, 1 permanent, 2 transient
+    #: (PS3.8 Table 9-21); the peer may accept a transient one later.
+    rejection_result: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -124,9 +127,9 @@ def send_files(
     ae.requested_contexts = [build_context(sop_class, [ts]) for sop_class, ts in pairs]
     assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
     if not assoc.is_established:
-        reason = "association rejected" if assoc.is_rejected else "association not established"
+        reason, rejection = _not_established(assoc)
         for index in metas:
-            results[index] = SendResult(files[index], metas[index][1], None, reason)
+            results[index] = SendResult(files[index], metas[index][1], None, reason, rejection)
         if progress:
             progress(total, total)
         return [r for r in results if r is not None]
@@ -145,6 +148,19 @@ def send_files(
         if results[index] is None:
             results[index] = SendResult(files[index], metas[index][1], None, "association ended early")
     return [r for r in results if r is not None]
+
+
+def _not_established(assoc: Association) -> tuple[str, int | None]:
+    """Why an association was not established, and the A-ASSOCIATE-RJ result if it was rejected."""
+    if not assoc.is_rejected:
+        return "association not established", None
+    answer = assoc.acceptor.primitive
+    if answer is None or answer.result is None:
+        return "association rejected", None
+    return (
+        f"association rejected ({answer.result_str}, {answer.source_str}: {answer.reason_str})",
+        int(answer.result),
+    )
 
 
 def _send_one(assoc: Association, path: Path, sop_instance: str) -> SendResult:
