@@ -5,6 +5,7 @@ from clinic.audit.models import AuditEvent
 from clinic.auth.models import User
 from clinic.db import Base
 from clinic.encounters.models import Encounter
+from clinic.fhirstore.models import SEARCH_INDEX, FhirConditionalClaim, FhirResource, FhirResourceVersion
 from clinic.imaging.models import Instance, ReceiveFailure, Series, Study, StudyPrior
 from clinic.messages.models import HL7Message, OutboundHL7, OutboundHL7Attempt
 from clinic.network.models import RemoteAE
@@ -15,6 +16,10 @@ from clinic.patients.models import Patient, PatientIdentifier
 from clinic.results.models import Delivery, DeliveryAttempt, ResultObject
 
 __all__ = [
+    "FhirConditionalClaim",
+    "FhirResource",
+    "FhirResourceVersion",
+    "SEARCH_INDEX",
     "PatientIdentifier",
     "OutboundHL7Attempt",
     "OutboundHL7",

@@ -12,11 +12,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from clinic.settings import Settings
 from clinic.web.app import create_app
 from integrations.dicom.dicomweb.api import router as dicomweb_router
+from integrations.fhir.api import make_router as fhir_router
 
 
 def adapter_routers() -> list[APIRouter]:
     """Routers of the protocol adapters served next to the domain's API."""
-    routers: list[APIRouter] = [dicomweb_router]
+    routers: list[APIRouter] = [dicomweb_router, fhir_router()]
     return routers
 
 

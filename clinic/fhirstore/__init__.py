@@ -1,0 +1,1 @@
+"""Generic FHIR resource storage: versioned JSON plus a search index computed at write time."""
