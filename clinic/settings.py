@@ -31,6 +31,13 @@ class Environment(StrEnum):
     TEST = "test"
 
 
+class ResultsTrigger(StrEnum):
+    """What sends an AI result out as HL7 ORU^R01 (``hl7_results_trigger``)."""
+
+    AI_READ = "ai_read"
+    SIGNED = "signed"
+
+
 class Settings(BaseSettings):
     """Platform configuration. Embedded defaults need no server at all."""
 
@@ -55,6 +62,25 @@ class Settings(BaseSettings):
     dicom_port: int = 11112
     dicom_ae: str = Field(default="CLINIC", max_length=16)
     mllp_port: int = 2575
+    #: HL7 v2 MLLP listener (integrations.hl7v2.listener).
+    mllp_host: str = "0.0.0.0"
+    #: Character set of messages whose MSH-18 is empty: an HL7 table 0211 name ("ASCII", "8859/1",
+    #: "UNICODE UTF-8", "KS X 1001") or a Python codec name. The standard says ASCII; set it for
+    #: feeds that send accented or Hangul text without declaring MSH-18.
+    hl7_default_charset: str = "ASCII"
+    #: Larger messages are answered AR and not stored (an ORU with an embedded PDF can be MBs).
+    hl7_max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: TLS for the MLLP listener: both set, or neither (plain TCP).
+    hl7_tls_cert: Path | None = None
+    hl7_tls_key: Path | None = None
+    #: Return MLLP destinations ("host:port") of enhanced-mode application acknowledgements, by
+    #: sending application (MSH-3). Without one, the application ACK is stored, held, not sent.
+    hl7_ack_destinations: dict[str, str] = Field(default_factory=dict)
+    #: MLLP destination ("host:port") of AI results as HL7 ORU^R01; "" = not sent.
+    hl7_results_destination: str = Field(default="", pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}$")
+    #: When results are sent: "ai_read" (once a model has read the study) or "signed" (once a
+    #: radiologist signs the report; report signing does not exist yet, so nothing is sent then).
+    hl7_results_trigger: ResultsTrigger = ResultsTrigger.AI_READ
     #: Refuse associations from calling AE titles that are not known remote AEs allowed to store
     #: (``clinic dicom ae add``). Off: any calling AE may store (embedded/demo default).
     dicom_allowlist: bool = False

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from clinicctl import dicom_admin, hl7_admin
 from clinicctl.errors import CliError
 
 console = Console()
@@ -26,7 +27,9 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 users_app = typer.Typer(help="Accounts and roles.", no_args_is_help=True)
 models_app = typer.Typer(help="AI models (MONAI bundles).", no_args_is_help=True)
-dicom_app = typer.Typer(help="DICOM: receive failures, echo.", no_args_is_help=True)
+dicom_app = typer.Typer(
+    help="DICOM: remote AEs, result deliveries, receive failures, echo.", no_args_is_help=True
+)
 jobs_app = typer.Typer(help="AI analysis jobs: failures and replay.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
@@ -61,6 +64,10 @@ def _session_factory(settings):  # type: ignore[no-untyped-def]
             "run `clinic db upgrade`"
         )
     return make_session_factory(make_engine(settings.resolved_database_url))
+
+
+dicom_admin.register(dicom_app, _settings, _session_factory)
+hl7_admin.register(app, _settings, _session_factory)
 
 
 # --- db ------------------------------------------------------------------------------------
@@ -137,12 +144,15 @@ def worklist_cmd(
 def models_train_demo(
     force: Annotated[bool, typer.Option(help="Train again even if the bundle exists.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed (training is reproducible).")] = 0,
+    model: Annotated[
+        str, typer.Option(help="Which demo model: cxr (chest radiograph), ct (CT lung nodules) or all.")
+    ] = "all",
 ) -> None:
     """Train the synthetic demo model(s) into the models folder, unless already there."""
     from clinicctl.models import ensure_demo_models
 
     settings = _settings()
-    ensure_demo_models(settings, console, force=force, seed=seed)
+    ensure_demo_models(settings, console, force=force, seed=seed, model=model)
 
 
 @models_app.command("list")
@@ -174,18 +184,29 @@ def dicom_failures(limit: int = 50) -> None:
 
 @dicom_app.command("echo")
 def dicom_echo(
+    peer: Annotated[
+        str | None, typer.Argument(help="AE title of a configured remote AE (`clinic dicom ae list`).")
+    ] = None,
     host: str = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Default: CLINIC_DICOM_PORT.")] = None,
     ae: Annotated[str | None, typer.Option(help="Called AE title. Default: CLINIC_DICOM_AE.")] = None,
 ) -> None:
-    """C-ECHO a DICOM peer (by default our own SCP)."""
+    """C-ECHO a DICOM peer: a configured remote AE by its title, else HOST:PORT (our own SCP)."""
+    from clinicctl.dicom_admin import resolve_peer
     from integrations.dicom.scu import echo
 
     settings = _settings()
-    ok = echo(host, port or settings.dicom_port, ae or settings.dicom_ae)
+    if peer is not None:  # we call a PACS as ourselves: it knows us by CLINIC_DICOM_AE
+        host, called_port, called_ae = resolve_peer(settings, peer)
+        ok = echo(host, called_port, called_ae, calling_ae=settings.dicom_ae)
+        where = f"{called_ae} at {host}:{called_port}"
+    else:
+        called_port = port or settings.dicom_port
+        ok = echo(host, called_port, ae or settings.dicom_ae)
+        where = f"{host}:{called_port}"
     if not ok:
-        raise CliError(f"no C-ECHO success from {host}:{port or settings.dicom_port}")
-    console.print("C-ECHO success")
+        raise CliError(f"no C-ECHO success from {where}")
+    console.print(f"C-ECHO success from {where}")
 
 
 # --- jobs ----------------------------------------------------------------------------------
@@ -260,7 +281,7 @@ def up_cmd() -> None:
 
 @app.command("serve", hidden=True)
 def serve_cmd(component: str) -> None:
-    """Run one component in the foreground (used by ``clinic up``): http or dicom."""
+    """Run one component in the foreground (used by ``clinic up``): http, dicom or mllp."""
     from clinicctl.serve import serve
 
     serve(_settings(), component)

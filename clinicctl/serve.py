@@ -38,5 +38,16 @@ def serve(settings: Settings, component: str) -> None:
             stop.wait()
         finally:
             server.shutdown()
+    elif component == "mllp":
+        import logging
+
+        from integrations.hl7v2.listener import run_listener
+        from integrations.hl7v2.mapping import REQUIRED_FIELDS, SUPPORTED
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        run_listener(settings, SUPPORTED, stop, required=REQUIRED_FIELDS)
     else:
-        raise CliError(f"unknown component {component!r}: http or dicom")
+        raise CliError(f"unknown component {component!r}: http, dicom or mllp")

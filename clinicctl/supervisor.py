@@ -1,4 +1,5 @@
-"""``clinic up``: start the HTTP server, the DICOM SCP and a worker, stop them all cleanly.
+"""``clinic up``: start the HTTP server, the DICOM SCP, the MLLP listener and a worker, stop them
+all cleanly.
 
 Each component runs in its own child process. The supervisor migrates the database first (once,
 so that children never race on it), waits until every component answers, and on Ctrl-C, SIGTERM
@@ -50,6 +51,7 @@ class Supervisor:
         try:
             self._spawn("http", [sys.executable, "-m", "clinicctl.main", "serve", "http"])
             self._spawn("dicom", [sys.executable, "-m", "clinicctl.main", "serve", "dicom"])
+            self._spawn("mllp", [sys.executable, "-m", "clinicctl.main", "serve", "mllp"])
             if self.with_worker:
                 self._spawn("worker", [sys.executable, "-m", "worker"])
             self._wait_ready()
@@ -91,6 +93,7 @@ class Supervisor:
         for name, host, port in (
             ("HTTP", self.settings.http_host, self.settings.http_port),
             ("DICOM", self.settings.dicom_host, self.settings.dicom_port),
+            ("MLLP", self.settings.mllp_host, self.settings.mllp_port),
         ):
             with socket.socket() as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -105,7 +108,11 @@ class Supervisor:
     def _wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         url = f"http://{self._http_host()}:{self.settings.http_port}/health"
-        pending = {"http", "dicom"}
+        pending = {"http", "dicom", "mllp"}
+        ports = {
+            "dicom": (self._dicom_host(), self.settings.dicom_port),
+            "mllp": (self._mllp_host(), self.settings.mllp_port),
+        }
         while pending:
             self._check_children()
             if time.monotonic() > deadline:
@@ -118,12 +125,13 @@ class Supervisor:
                             pending.discard("http")
                 except OSError:
                     pass
-            if "dicom" in pending:
-                try:
-                    with socket.create_connection((self._dicom_host(), self.settings.dicom_port), timeout=1):
-                        pending.discard("dicom")
-                except OSError:
-                    pass
+            for name in ("dicom", "mllp"):
+                if name in pending:
+                    try:
+                        with socket.create_connection(ports[name], timeout=1):
+                            pending.discard(name)
+                    except OSError:
+                        pass
             time.sleep(0.1)
 
     def _http_host(self) -> str:
@@ -131,6 +139,9 @@ class Supervisor:
 
     def _dicom_host(self) -> str:
         return "127.0.0.1" if self.settings.dicom_host in ("0.0.0.0", "::") else self.settings.dicom_host
+
+    def _mllp_host(self) -> str:
+        return "127.0.0.1" if self.settings.mllp_host in ("0.0.0.0", "::") else self.settings.mllp_host
 
     def _check_children(self) -> None:
         for name, proc in self.children.items():
@@ -176,10 +187,13 @@ class Supervisor:
         self.console.print(
             f"[bold green]clinic is up[/]  web {self.http_url}/radiology  ·  "
             f"DICOM {s.dicom_ae}@{self._dicom_host()}:{s.dicom_port}  ·  "
+            f"HL7 MLLP {self._mllp_host()}:{s.mllp_port}  ·  "
             f"{'embedded' if s.is_embedded_broker else 'broker ' + _redact(s.broker_url)}  ·  "
             f"data {s.resolved_data_dir}"
         )
-        self.console.print(f"logs in {self.log_dir}/{{http,dicom,worker}}.log · Ctrl-C stops everything.")
+        self.console.print(
+            f"logs in {self.log_dir}/{{http,dicom,mllp,worker}}.log · Ctrl-C stops everything."
+        )
         models = s.resolved_models_dir
         if not any(models.glob("*/configs/metadata.json")):
             self.console.print(

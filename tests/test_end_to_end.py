@@ -74,13 +74,14 @@ def _synthetic_study(folder: Path, index: int) -> Path:
 def test_storescu_to_worklist(
     mode: str, request: pytest.FixtureRequest, tmp_path: Path, demo_models_dir: Path
 ) -> None:
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port, mllp_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "CLINIC_DATA_DIR": str(tmp_path / "var"),
         "CLINIC_MODELS_DIR": str(demo_models_dir),
         "CLINIC_HTTP_PORT": str(http_port),
         "CLINIC_DICOM_PORT": str(dicom_port),
+        "CLINIC_MLLP_PORT": str(mllp_port),
         "CLINIC_SERIES_QUIET_SECONDS": "1",
         "CLINIC_ENVIRONMENT": "test",
         **_mode_env(request, mode),
@@ -151,7 +152,7 @@ def test_storescu_to_worklist(
     # bind pass over the TIME_WAIT connections that closed sockets leave, never over a listener).
     import socket
 
-    for port in (http_port, dicom_port):
+    for port in (http_port, dicom_port, mllp_port):
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))

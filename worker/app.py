@@ -25,6 +25,9 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from clinic.ai.service import ANALYSE_STUDY_TASK
+from clinic.imaging.priors import FETCH_PRIORS_TASK
+from clinic.messages.outbound import DELIVER_TASK as HL7_DELIVER_TASK
+from clinic.results.service import BUILD_RESULTS_TASK, DELIVER_RESULT_TASK
 from clinic.settings import Settings
 from worker import fs_transport
 
@@ -132,7 +135,13 @@ def create_celery(settings: Settings) -> ClinicCelery:
         # Messages sent without a priority count as routine (on Redis, 9 is the routine list).
         task_default_priority=MAX_PRIORITY if kind == "redis" else None,
         task_create_missing_queues=False,
-        task_routes={ANALYSE_STUDY_TASK: {"queue": inference_queue(settings)}},
+        task_routes={
+            ANALYSE_STUDY_TASK: {"queue": inference_queue(settings)},
+            FETCH_PRIORS_TASK: {"queue": INGEST},
+            BUILD_RESULTS_TASK: {"queue": OUTBOUND},
+            DELIVER_RESULT_TASK: {"queue": OUTBOUND},
+            HL7_DELIVER_TASK: {"queue": OUTBOUND},
+        },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
@@ -141,7 +150,10 @@ def create_celery(settings: Settings) -> ClinicCelery:
         worker_enable_remote_control=kind != "embedded",
     )
 
-    from worker import tasks
+    from worker import hl7_tasks, priors_tasks, results_tasks, tasks
 
     tasks.register(app, settings)
+    priors_tasks.register(app, settings)
+    results_tasks.register(app, settings)
+    hl7_tasks.register(app, settings)
     return app

@@ -22,6 +22,7 @@ from celery.signals import worker_process_init
 
 from clinic.settings import Settings
 from worker.app import ALL_QUEUES, ClinicCelery, broker_kind, create_celery
+from worker.hl7 import HL7ProcessorStep
 from worker.relay import run_relay
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def run_worker(
     settings.ensure_dirs()
     app = create_celery(settings)
     app.steps["worker"].add(RelayStep)
+    app.steps["worker"].add(HL7ProcessorStep)
     if pool == "prefork":
         _warm_models(app)
     worker = app.Worker(
@@ -113,6 +115,8 @@ def run_worker(
         without_gossip=True,
         without_heartbeat=True,
         clinic_relay=with_relay,
+        # Stored HL7 v2 messages are processed where the relay runs (worker/hl7.py).
+        clinic_hl7=with_relay,
     )
     log.info(
         "worker starting: broker %s, queues %s, pool %s x%d, relay %s",

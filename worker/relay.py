@@ -3,8 +3,11 @@
 Every ``relay_interval_seconds`` one pass:
 
 1. **complete** quiet series, and for each study that is now complete create its analysis job and
-   outbox row, in the same unit of work (so a completed study always has its job);
-2. **requeue** jobs whose lease ran out (their worker died) - same unit of work;
+   outbox row, in the same unit of work (so a completed study always has its job), plus the
+   ``clinic.fetch_priors`` row when a PACS is a prior source; a prior fetched from a PACS gets
+   neither (it is shown for comparison, never analysed);
+2. **requeue** jobs whose lease ran out (their worker died), and result deliveries and outbound
+   HL7 messages that are due (backoff over, or their message or attempt lost) - same unit of work;
 3. **publish** due outbox rows to the broker and mark them published; a row that cannot be
    published gets ``last_error`` and an exponential backoff and is tried again later. A broker outage
    delays work and never loses it; a crash between publish and commit publishes the row again, and
@@ -32,11 +35,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from clinic.ai.service import request_analysis, requeue_expired, requeue_stale_pending
 from clinic.db import make_engine, make_session_factory, unit_of_work
+from clinic.imaging.priors import request_priors
 from clinic.imaging.service import complete_quiet_series
+from clinic.messages.outbound import dispatch_due as dispatch_due_hl7
 from clinic.outbox.models import OutboxMessage
 from clinic.outbox.service import claim_unpublished, mark_failed_attempt, mark_published
+from clinic.results.service import requeue_due_deliveries
 from clinic.settings import Settings
-from worker.app import PUBLISH_CONNECT_TIMEOUT_S, broker_priority, inference_queue
+from worker.app import INGEST, PUBLISH_CONNECT_TIMEOUT_S, broker_priority, inference_queue
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +140,30 @@ class Relay:
         with unit_of_work(self.session_factory) as session:
             studies = complete_quiet_series(session, quiet=quiet)
             for study in studies:
+                if study.is_prior:
+                    # Fetched from a PACS for comparison: shown, never analysed, and it fetches
+                    # no priors of its own (no recursion).
+                    continue
                 request_analysis(session, study, self.queue, priority=study.order_priority)
+                if self.settings.priors_limit > 0:
+                    request_priors(session, study, INGEST)  # only while a prior source is configured
             requeued = requeue_expired(session, self.queue)
             stale = requeue_stale_pending(session, self.queue, older_than=self.pending_timeout)
+            # result deliveries whose backoff passed, or whose message or attempt was lost
+            deliveries = requeue_due_deliveries(session, handout_lease=self.pending_timeout)
+            # outbound HL7 messages due: new, backoff over, or their task message or sender lost
+            hl7_due = dispatch_due_hl7(session)
         if stale:
             log.warning("jobs %s: published but never taken (message lost?); handed out again", stale)
         for study in studies:
-            log.info("study %s complete; analysis requested", study.id)
+            what = "prior, not analysed" if study.is_prior else "analysis requested"
+            log.info("study %s complete; %s", study.id, what)
         if requeued:
             log.warning("jobs %s: lease expired (worker lost?); handed out again", requeued)
+        if deliveries:
+            log.info("result deliveries %s due; handed out again", deliveries)
+        if hl7_due:
+            log.info("outbound HL7 messages %s due; handed out", hl7_due)
         return len(studies), len(requeued)
 
     def publish_due(self) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from clinic.db import utcnow
 from clinic.imaging.models import Instance, ReceiveFailure, ReceiveStatus, Series, Study
+from clinic.orders.service import link_study_to_order
 from clinic.patients.service import PatientDemographics, upsert_patient
 
 
@@ -148,6 +149,9 @@ def _create_parents(session: Session, meta: InstanceMeta, now: dt.datetime) -> t
         last_received_at=now,
     )
     assert isinstance(series, Series)
+    # An imaging order placed before its images (HL7 ORM/OMI) is linked now, by UID or accession
+    # number; one indexed query per new series, none per instance.
+    link_study_to_order(session, study.id)
     return series.id, study.id, study.patient_id
 
 

@@ -22,7 +22,10 @@ from clinic.auth.api import router as auth_router
 from clinic.auth.deps import CurrentUser
 from clinic.db import make_engine, make_session_factory
 from clinic.imaging.api import router as imaging_router
+from clinic.messages.api import router as hl7_messages_router
+from clinic.network.api import router as network_router
 from clinic.radiology.api import router as radiology_router
+from clinic.results.api import router as results_router
 from clinic.settings import Settings
 from clinic.web import errors
 from clinic.web.templating import ROLE_HOMES, STATIC_DIR, home_for, render
@@ -33,7 +36,15 @@ CONTENT_SECURITY_POLICY = (
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 
-ROUTERS: tuple[APIRouter, ...] = (auth_router, radiology_router, imaging_router, audit_router)
+ROUTERS: tuple[APIRouter, ...] = (
+    auth_router,
+    radiology_router,
+    imaging_router,
+    audit_router,
+    hl7_messages_router,
+    network_router,
+    results_router,
+)
 
 _core = APIRouter()
 

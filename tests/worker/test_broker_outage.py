@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from clinic.ai.models import JobStatus
+from clinic.ai.service import ANALYSE_STUDY_TASK
 from clinic.db import unit_of_work, utcnow
 from clinic.outbox.models import OutboxMessage
 from tests.worker.conftest import PrivateRedis, Stack, make_stack, phantom_radiograph, wait_for
@@ -23,8 +24,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 
 def _outbox(stack: Stack) -> list[OutboxMessage]:
+    """The analysis messages (a read also enqueues the build of its result objects)."""
+    query = select(OutboxMessage).where(OutboxMessage.task == ANALYSE_STUDY_TASK).order_by(OutboxMessage.id)
     with unit_of_work(stack.session_factory) as session:
-        return list(session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all())
+        return list(session.scalars(query).all())
 
 
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -84,7 +84,8 @@ def test_pipeline_reads_each_study_once(
         study_id = wait_done(stack, study_uid)
         assert_one_good_read(stack, study_id)
     with unit_of_work(stack.session_factory) as session:
-        rows = session.scalars(select(OutboxMessage)).all()
+        # (the reads' result objects go on the outbound queue: tests/worker/test_results_delivery.py)
+        rows = session.scalars(select(OutboxMessage).where(OutboxMessage.task == ANALYSE_STUDY_TASK)).all()
         assert rows and all(row.published_at is not None and row.last_error == "" for row in rows)
         assert {row.queue for row in rows} == {"inference.cpu"}
     assert "JSONDecodeError" not in worker.log()
