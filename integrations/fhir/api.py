@@ -32,6 +32,7 @@ from clinic.db import unit_of_work
 from clinic.settings import Settings
 from integrations.fhir import bundle as bundles
 from integrations.fhir.capability import capability_statement
+from integrations.fhir.domain import domain_registry
 from integrations.fhir.interactions import ClaimConflictError, Interactions, WriteResult
 from integrations.fhir.outcome import FhirError, Issue, IssueType, bad_request, error, not_found
 from integrations.fhir.providers import ProviderRegistry
@@ -305,8 +306,10 @@ class FhirApi:
 
 
 def make_router(registry: ProviderRegistry | None = None) -> APIRouter:
-    """The ``/fhir`` router over *registry* (default: every served type in the generic store)."""
-    api = FhirApi(registry or ProviderRegistry())
+    """The ``/fhir`` router over *registry* (default: the domain-backed types, Patient,
+    Observation, ServiceRequest, ImagingStudy and DiagnosticReport, and the generic store for the
+    rest: :func:`integrations.fhir.domain.domain_registry`)."""
+    api = FhirApi(registry or domain_registry())
     router = APIRouter(prefix=PREFIX, tags=["fhir"])
 
     @router.get("/metadata")
