@@ -5,6 +5,7 @@ from clinic.audit.models import AuditEvent
 from clinic.auth.models import User
 from clinic.db import Base
 from clinic.encounters.models import Encounter
+from clinic.fhirpush.models import FhirOutbound, FhirOutboundAttempt
 from clinic.fhirstore.models import SEARCH_INDEX, FhirConditionalClaim, FhirResource, FhirResourceVersion
 from clinic.imaging.models import Instance, ReceiveFailure, Series, Study, StudyPrior
 from clinic.messages.models import HL7Message, OutboundHL7, OutboundHL7Attempt
@@ -16,6 +17,8 @@ from clinic.patients.models import Patient, PatientIdentifier
 from clinic.results.models import Delivery, DeliveryAttempt, ResultObject
 
 __all__ = [
+    "FhirOutbound",
+    "FhirOutboundAttempt",
     "FhirConditionalClaim",
     "FhirResource",
     "FhirResourceVersion",

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     results_send: bool = True
     #: Delivery retries: first after this many seconds, doubling up to the cap; a destination that
     #: is down delays results and loses none (a delivery stays pending until it is sent).
+    #: Base URL of an external FHIR server that receives AI reads' DiagnosticReports (issue 5
+    #: item 6, ``worker.fhir_tasks``); "" = off.
+    fhir_push_url: str = Field(default="", pattern=r"^$|^https?://\S+$")
+    #: Bearer token sent to that server ("" = none).
+    fhir_push_token: str = ""
     delivery_backoff_seconds: float = 2.0
     delivery_backoff_cap_seconds: float = 300.0
     #: How many previous studies (same patient, same modality) to fetch from the prior PACS.

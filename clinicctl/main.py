@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from clinicctl import dicom_admin, hl7_admin
+from clinicctl import dicom_admin, fhir_admin, hl7_admin
 from clinicctl.errors import CliError
 
 console = Console()
@@ -68,6 +68,7 @@ def _session_factory(settings):  # type: ignore[no-untyped-def]
 
 dicom_admin.register(dicom_app, _settings, _session_factory)
 hl7_admin.register(app, _settings, _session_factory)
+fhir_admin.register(app, _settings, _session_factory)
 
 
 # --- db ------------------------------------------------------------------------------------

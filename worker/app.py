@@ -25,6 +25,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from clinic.ai.service import ANALYSE_STUDY_TASK
+from clinic.fhirpush.service import PUSH_TASK as FHIR_PUSH_TASK
 from clinic.imaging.priors import FETCH_PRIORS_TASK
 from clinic.messages.outbound import DELIVER_TASK as HL7_DELIVER_TASK
 from clinic.results.service import BUILD_RESULTS_TASK, DELIVER_RESULT_TASK
@@ -141,6 +142,7 @@ def create_celery(settings: Settings) -> ClinicCelery:
             BUILD_RESULTS_TASK: {"queue": OUTBOUND},
             DELIVER_RESULT_TASK: {"queue": OUTBOUND},
             HL7_DELIVER_TASK: {"queue": OUTBOUND},
+            FHIR_PUSH_TASK: {"queue": OUTBOUND},
         },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -150,10 +152,11 @@ def create_celery(settings: Settings) -> ClinicCelery:
         worker_enable_remote_control=kind != "embedded",
     )
 
-    from worker import hl7_tasks, priors_tasks, results_tasks, tasks
+    from worker import fhir_tasks, hl7_tasks, priors_tasks, results_tasks, tasks
 
     tasks.register(app, settings)
     priors_tasks.register(app, settings)
     results_tasks.register(app, settings)
     hl7_tasks.register(app, settings)
+    fhir_tasks.register(app, settings)
     return app

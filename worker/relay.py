@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from clinic.ai.service import request_analysis, requeue_expired, requeue_stale_pending
 from clinic.db import make_engine, make_session_factory, unit_of_work
+from clinic.fhirpush.service import dispatch_due as dispatch_due_fhir
 from clinic.imaging.priors import request_priors
 from clinic.imaging.service import complete_quiet_series
 from clinic.messages.outbound import dispatch_due as dispatch_due_hl7
@@ -153,6 +154,8 @@ class Relay:
             deliveries = requeue_due_deliveries(session, handout_lease=self.pending_timeout)
             # outbound HL7 messages due: new, backoff over, or their task message or sender lost
             hl7_due = dispatch_due_hl7(session)
+            # FHIR pushes due (fhir_push_url): new, backoff over, or their task or sender lost
+            fhir_due = dispatch_due_fhir(session)
         if stale:
             log.warning("jobs %s: published but never taken (message lost?); handed out again", stale)
         for study in studies:
@@ -164,6 +167,8 @@ class Relay:
             log.info("result deliveries %s due; handed out again", deliveries)
         if hl7_due:
             log.info("outbound HL7 messages %s due; handed out", hl7_due)
+        if fhir_due:
+            log.info("FHIR pushes %s due; handed out", fhir_due)
         return len(studies), len(requeued)
 
     def publish_due(self) -> tuple[int, int]:

@@ -186,9 +186,14 @@ def _rewrite(sites: list[ReferenceSite], mapping: dict[str, str]) -> None:
 def _write(ix: Interactions, session: Session, writes: list[Entry]) -> None:
     creates: dict[str, list[Entry]] = defaultdict(list)
     for entry in writes:
-        if entry.method == "POST" and entry.existing is None:
+        # A conditional PUT that matched nothing creates under an id of the server's choosing,
+        # like a POST (http.html §3.1.0.4.3), so a provider that assigns ids may replace it.
+        conditional_create = entry.method == "PUT" and entry.condition is not None
+        if (entry.method == "POST" or conditional_create) and entry.existing is None:
             creates[entry.resource_type].append(entry)
-    for resource_type, group in creates.items():
+    # Patients first: their provider assigns the domain id (not the one _resolve chose), and the
+    # references of the entries written after them are moved to it.
+    for resource_type, group in sorted(creates.items(), key=lambda kv: kv[0] != "Patient"):
         items = [
             NewResource(
                 resource_type, str(e.logical_id), e.checked.body, index_entries(resource_type, e.checked.body)
@@ -196,12 +201,18 @@ def _write(ix: Interactions, session: Session, writes: list[Entry]) -> None:
             for e in group
             if e.checked is not None
         ]
+        moved: dict[str, str] = {}
         for entry, stored in zip(group, ix.provider(resource_type).create(session, items), strict=True):
             entry.result = WriteResult(stored, created=True)
+            if stored.logical_id != entry.logical_id:
+                moved[f"{resource_type}/{entry.logical_id}"] = f"{resource_type}/{stored.logical_id}"
+                entry.logical_id = stored.logical_id
+        if moved:
+            _rewrite([s for e in writes if e.checked is not None for s in e.checked.references], moved)
     for entry in writes:
         if entry.method == "POST" and entry.existing is not None:
             entry.result = WriteResult(entry.existing, created=False, written=False)
-        elif entry.method == "PUT" and entry.checked is not None:
+        elif entry.method == "PUT" and entry.checked is not None and entry.result is None:
             body = {**entry.checked.body, "id": entry.logical_id}
             entry.result = ix.write_version(
                 session, entry.resource_type, str(entry.logical_id), body, if_match=entry.if_match

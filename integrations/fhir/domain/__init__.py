@@ -1,10 +1,12 @@
-"""FHIR views of the domain: Patient, Observation (vital signs), ServiceRequest (imaging orders),
-ImagingStudy and DiagnosticReport (AI reads) are the rows ADT, ORU, ORM, the DICOM SCP and the AI
-worker wrote, not a second copy kept in step by hand (see :mod:`.base` for how)."""
+"""FHIR views of the domain: Patient, Encounter (ADT visits), Observation (vital signs),
+ServiceRequest (imaging orders), ImagingStudy and DiagnosticReport (AI reads) are the rows ADT,
+ORU, ORM, the DICOM SCP and the AI worker wrote, not a second copy kept in step by hand (see
+:mod:`.base` for how)."""
 
 from __future__ import annotations
 
 from integrations.fhir.domain.diagnostic_report import DiagnosticReportProvider
+from integrations.fhir.domain.encounter import EncounterProvider
 from integrations.fhir.domain.imaging_study import ImagingStudyProvider
 from integrations.fhir.domain.observation import ObservationProvider
 from integrations.fhir.domain.patient import PatientProvider
@@ -17,6 +19,7 @@ def domain_registry() -> ProviderRegistry:
     registry = ProviderRegistry()
     for provider in (
         PatientProvider(),
+        EncounterProvider(),
         ObservationProvider(),
         ServiceRequestProvider(),
         ImagingStudyProvider(),

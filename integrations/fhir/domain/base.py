@@ -23,7 +23,15 @@ from sqlalchemy.orm import Session
 
 from clinic.fhirstore import service as store
 from clinic.fhirstore.models import FhirResource
-from integrations.fhir.providers import SearchPage, StoredProvider, StoredResource, VersionConflictError
+from integrations.fhir.outcome import FhirError, Issue, IssueType
+from integrations.fhir.providers import (
+    IndexEntry,
+    NewResource,
+    SearchPage,
+    StoredProvider,
+    StoredResource,
+    VersionConflictError,
+)
 from integrations.fhir.search import SearchRequest, index_entries
 
 UCUM = "http://unitsofmeasure.org"
@@ -45,11 +53,86 @@ def outdated(query: Select[Any], id_column: Any, changed: Sequence[Any], resourc
     return joined.where(or_(FhirResource.id.is_(None), *(FhirResource.last_updated < c for c in changed)))
 
 
+#: Elements never carried over from a stored version into a new projection: ``text`` would be a
+#: stale narrative of the old content.
+_NOT_CARRIED = frozenset({"resourceType", "id", "meta", "text"})
+
+
+def method_not_allowed(diagnostics: str, expression: str) -> FhirError:
+    """405 (R4 http.html §3.1.0.4 update: "405 Method Not allowed - the resource did not exist
+    prior to the update, and the server does not allow client defined ids"; and an interaction the
+    server does not support on that resource). ``Allow`` is required with 405 (RFC 9110 §15.5.6)."""
+    return FhirError(
+        405, [Issue(IssueType.NOT_SUPPORTED, diagnostics, (expression,))], {"Allow": "GET, HEAD"}
+    )
+
+
+def is_domain_id(logical_id: str) -> bool:
+    """Domain rows project under their integer primary key; generic resources get uuids."""
+    return logical_id.isdigit()
+
+
 class ProjectedProvider(StoredProvider):
-    """A type whose domain rows are projected into the generic store before every read."""
+    """A type whose domain rows are projected into the generic store before every read.
+
+    Writes: resources without a domain row (uuid ids) are generic-stored as before. A domain row's
+    projection is read-only (405) unless the subclass sets :attr:`domain_elements` and overrides
+    :meth:`write_domain`; a PUT that would create a numeric id is refused too (405): numeric ids
+    belong to domain rows, and a generic resource under one would collide with a later row.
+    """
+
+    #: The elements the domain row determines. When set, a new projection keeps the other
+    #: elements of the stored version (what a FHIR client sent that the domain has no column for).
+    domain_elements: frozenset[str] = frozenset()
 
     def __init__(self, resource_type: str) -> None:
         super().__init__(resource_type)
+
+    def read_only(self, logical_id: str) -> FhirError:
+        return method_not_allowed(
+            f"{self.resource_type}/{logical_id} is a view of the platform's own records "
+            "(DICOM, HL7 v2, AI reads) and is read-only through FHIR",
+            self.resource_type,
+        )
+
+    def write_domain(
+        self, session: Session, logical_id: str, body: dict[str, Any], expected_version: int | None
+    ) -> StoredResource | None:
+        """Apply a PUT to the domain row *logical_id* and project it; None when no such row."""
+        raise self.read_only(logical_id)
+
+    def create(self, session: Session, items: Sequence[NewResource]) -> list[StoredResource]:
+        for item in items:
+            if item.method == "PUT" and is_domain_id(item.logical_id):
+                raise method_not_allowed(
+                    f"numeric {self.resource_type} ids are assigned by the platform: "
+                    "POST the resource instead",
+                    f"{self.resource_type}.id",
+                )
+        return super().create(session, items)
+
+    def update(
+        self,
+        session: Session,
+        logical_id: str,
+        body: dict[str, Any],
+        index: Sequence[IndexEntry],
+        *,
+        expected_version: int | None = None,
+    ) -> StoredResource | None:
+        if not is_domain_id(logical_id):
+            return super().update(session, logical_id, body, index, expected_version=expected_version)
+        if self.domain_elements:  # write_domain locks the row first, then catches up its projection
+            return self.write_domain(session, logical_id, body, expected_version)
+        self.sync(session)
+        if super().read(session, logical_id) is None:
+            return None
+        raise self.read_only(logical_id)
+
+    def extras(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The elements of *body* the domain does not hold."""
+        skip = self.domain_elements | _NOT_CARRIED
+        return {k: v for k, v in body.items() if k not in skip}
 
     @abstractmethod
     def pending(self, session: Session) -> Iterable[tuple[str, dict[str, Any]]]:
@@ -63,12 +146,21 @@ class ProjectedProvider(StoredProvider):
             done += 1
         return done
 
-    def project(self, session: Session, logical_id: str, body: dict[str, Any]) -> StoredResource | None:
-        """Write *body* as the next version of *logical_id* (version 1 when new). A concurrent
+    def project(
+        self,
+        session: Session,
+        logical_id: str,
+        body: dict[str, Any],
+        extras: dict[str, Any] | None = None,
+    ) -> StoredResource | None:
+        """Write *body* as the next version of *logical_id* (version 1 when new), with *extras*
+        (elements the domain does not hold; by default those of the stored version). A concurrent
         request projecting the same row wins quietly: its version is the same content."""
-        body = {"resourceType": self.resource_type, "id": logical_id, **body}
-        index = index_entries(self.resource_type, body)
         current = store.get(session, self.resource_type, logical_id)
+        if extras is None:
+            extras = self.extras(current.body()) if current is not None and self.domain_elements else {}
+        body = {"resourceType": self.resource_type, "id": logical_id, **body, **extras}
+        index = index_entries(self.resource_type, body)
         try:
             with session.begin_nested():
                 if current is None:

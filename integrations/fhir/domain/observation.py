@@ -8,13 +8,16 @@ Observations created through FHIR that are not domain rows stay generic-stored (
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime as dt
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from clinic.observations.models import Observation, VitalSign
+from clinic.observations.service import ObservationIn, record_observations
+from clinic.patients.models import Patient
 from integrations.fhir.domain.base import (
     LOINC,
     UCUM,
@@ -24,6 +27,8 @@ from integrations.fhir.domain.base import (
     outdated,
     reference,
 )
+from integrations.fhir.outcome import unprocessable
+from integrations.fhir.providers import NewResource, StoredResource
 
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 MDC = "urn:iso:std:iso:11073:10101"
@@ -40,7 +45,21 @@ VITAL_LOINC: dict[str, tuple[str, str]] = {
 }
 #: HL7 v2 coding systems (table 0396) as FHIR system URIs.
 SOURCE_SYSTEMS = {"LN": LOINC, "MDC": MDC, "UCUM": UCUM}
+#: LOINC code -> VitalSign for vital-sign Observations written through FHIR (the profile's codes
+#: and the alternatives HL7 v2 senders use, as in integrations/hl7v2/mapping/vitals.py).
+FHIR_VITALS: dict[str, VitalSign] = {
+    **{code: VitalSign(vital) for vital, (code, _) in VITAL_LOINC.items()},
+    "2708-6": VitalSign.SPO2,
+    "80288-4": VitalSign.CONSCIOUSNESS,
+}
 STATUSES = {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error"}
+
+
+def _seconds(moment: dt.datetime) -> str | None:
+    """An instant without a fraction when it has none: what a FHIR client sent comes back."""
+    if moment.microsecond:
+        return instant(moment)
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def observation_body(row: Observation) -> dict[str, Any]:
@@ -68,7 +87,7 @@ def observation_body(row: Observation) -> dict[str, Any]:
             "category": category if row.code in VITAL_LOINC else [],
             "code": compact({"coding": coding, "text": row.source_display}),
             "subject": reference("Patient", row.patient_id),
-            "effectiveDateTime": instant(row.observed_at),
+            "effectiveDateTime": _seconds(row.observed_at),
             "issued": instant(row.recorded_at),
             **value,
             "device": {"display": row.device} if row.device else None,
@@ -76,9 +95,118 @@ def observation_body(row: Observation) -> dict[str, Any]:
     )
 
 
+def vital_sign(body: dict[str, Any]) -> tuple[VitalSign, str] | None:
+    """(vital sign, LOINC code) when *body* is a vital-signs Observation (category
+    ``vital-signs``, R4 observation-vitalsigns.html) with a LOINC code the platform knows and a
+    time it was taken."""
+    categories = {
+        (c.get("system"), c.get("code"))
+        for cat in body.get("category") or []
+        for c in cat.get("coding") or []
+    }
+    if (CATEGORY, "vital-signs") not in categories:
+        return None
+    if effective_instant(body) is None:
+        return None
+    for coding in (body.get("code") or {}).get("coding") or []:
+        if coding.get("system") == LOINC and coding.get("code") in FHIR_VITALS:
+            return FHIR_VITALS[coding["code"]], coding["code"]
+    return None
+
+
+def effective_instant(body: dict[str, Any]) -> dt.datetime | None:
+    """``effectiveDateTime`` (or ``effectivePeriod.start``) when it carries a time, in UTC. A
+    day-precision date is valid for the vital-signs profile (vs-1) but cannot be scored by NEWS2
+    timing, so such an Observation stays generic-stored."""
+    raw = body.get("effectiveDateTime") or (body.get("effectivePeriod") or {}).get("start") or ""
+    if "T" not in raw:
+        return None
+    moment = dt.datetime.fromisoformat(raw)
+    return moment.astimezone(dt.UTC) if moment.tzinfo is not None else None
+
+
+def observation_in(session: Session, body: dict[str, Any], vital: VitalSign, loinc: str) -> ObservationIn:
+    """The domain observation of a vital-signs Observation; 422 unless its subject is a patient."""
+    subject = (body.get("subject") or {}).get("reference", "")
+    kind, _, ident = subject.partition("/")
+    if kind != "Patient" or not ident.isdigit() or session.get(Patient, int(ident)) is None:
+        raise unprocessable("a vital sign's subject must be a Patient of this server", "Observation.subject")
+    quantity = body.get("valueQuantity") or {}
+    concept = body.get("valueCodeableConcept") or {}
+    text = (
+        body.get("valueString")
+        or concept.get("text")
+        or next((c.get("code", "") for c in concept.get("coding") or []), "")
+    )
+    code_text = (body.get("code") or {}).get("text") or VITAL_LOINC.get(vital, ("", ""))[1]
+    return ObservationIn(
+        patient_id=int(ident),
+        source_code=loinc,
+        observed_at=effective_instant(body) or dt.datetime.now(dt.UTC),
+        code=str(vital),
+        source_system="LN",
+        source_display=code_text,
+        value=float(quantity["value"]) if quantity.get("value") is not None else None,
+        value_text=str(text),
+        unit=quantity.get("code") or quantity.get("unit") or "",
+        device=(body.get("device") or {}).get("display", ""),
+        status=body.get("status", "final"),
+        source="fhir",
+    )
+
+
 class ObservationProvider(ProjectedProvider):
+    """Vital signs POSTed (alone or in a transaction) become domain observations (source
+    ``fhir``) that the ICU board scores, and answer ``Observation/<observations.id>``; a second
+    POST of the same natural key (patient, code, time, device) updates that row. Other
+    Observations are generic-stored. Domain ones are read-only through PUT (405)."""
+
+    #: What a domain row determines; the rest of a POSTed vital sign (encounter, note,
+    #: interpretation, ...) is kept in its projection.
+    domain_elements = frozenset(
+        {
+            "status",
+            "category",
+            "code",
+            "subject",
+            "issued",
+            "device",
+            *(f"effective{t}" for t in ("DateTime", "Period", "Instant", "Timing")),
+            *(f"value{t}" for t in ("Quantity", "String", "CodeableConcept", "Boolean", "Integer")),
+        }
+    )
+
     def __init__(self) -> None:
         super().__init__("Observation")
+
+    def create(self, session: Session, items: Sequence[NewResource]) -> list[StoredResource]:
+        vitals = [None if i.method == "PUT" else vital_sign(i.body) for i in items]
+        stored_generic = iter(
+            super().create(session, [i for i, v in zip(items, vitals, strict=True) if v is None])
+        )
+        stored = []
+        for item, found in zip(items, vitals, strict=True):
+            if found is None:
+                stored.append(next(stored_generic))
+                continue
+            vital, loinc = found
+            obs = observation_in(session, item.body, vital, loinc)
+            record_observations(session, [obs])
+            row = session.scalars(
+                select(Observation)
+                .where(
+                    Observation.patient_id == obs.patient_id,
+                    Observation.source_system == obs.source_system,
+                    Observation.source_code == obs.source_code,
+                    Observation.observed_at == obs.observed_at,
+                    Observation.device == obs.device[:128],
+                )
+                .execution_options(populate_existing=True)
+            ).one()
+            result = self.project(session, str(row.id), observation_body(row), self.extras(item.body))
+            assert result is not None
+            stored.append(result)
+        return stored
 
     def pending(self, session: Session) -> Iterable[tuple[str, dict[str, Any]]]:
         query = outdated(select(Observation), Observation.id, [Observation.recorded_at], "Observation")

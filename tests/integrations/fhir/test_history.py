@@ -40,9 +40,12 @@ def test_versions_history_and_headers(any_server: FhirServer) -> None:
 
 
 def test_update_as_create_keeps_the_given_id(any_server: FhirServer) -> None:
-    logical_id = unique("pt")
+    # A generic type: Patient ids are the platform's (issue 5: a FHIR Patient is the patient ADT
+    # created), so update-as-create of a Patient is refused (test_domain_writes.py).
+    logical_id = unique("q")
     with any_server.client() as client:
-        response = client.put(f"/Patient/{logical_id}", json={**patient(unique()), "id": logical_id})
+        body = {"resourceType": "Questionnaire", "id": logical_id, "status": "active"}
+        response = client.put(f"/Questionnaire/{logical_id}", json=body)
         assert response.status_code == 201
-        history = client.get(f"/Patient/{logical_id}/_history").json()
-    assert history["entry"][0]["request"] == {"method": "PUT", "url": f"Patient/{logical_id}"}
+        history = client.get(f"/Questionnaire/{logical_id}/_history").json()
+    assert history["entry"][0]["request"] == {"method": "PUT", "url": f"Questionnaire/{logical_id}"}
