@@ -7,7 +7,7 @@ from typing import Any
 
 import clinic
 from clinic.db import utcnow
-from integrations.fhir.providers import ProviderRegistry
+from integrations.fhir.providers import ProviderRegistry, ResourceProvider
 from integrations.fhir.resources import FHIR_VERSION, MODEL_PACKAGE
 from integrations.fhir.scopes import security_description
 from integrations.fhir.search import SEARCH_PARAMS, ParamKind, params_of
@@ -24,7 +24,7 @@ _PARAM_DOCS = {
 }
 
 
-def _resource(resource_type: str) -> dict[str, Any]:
+def _resource(resource_type: str, provider: ResourceProvider | None) -> dict[str, Any]:
     params = params_of(resource_type)
     includes = [
         f"{resource_type}:{p.name}"
@@ -37,7 +37,7 @@ def _resource(resource_type: str) -> dict[str, Any]:
         "interaction": [{"code": code} for code in INTERACTIONS],
         "versioning": "versioned-update",
         "readHistory": True,
-        "updateCreate": True,
+        "updateCreate": provider.update_create if provider is not None else True,
         "conditionalCreate": True,
         "conditionalRead": "not-supported",
         "conditionalUpdate": True,
@@ -49,12 +49,15 @@ def _resource(resource_type: str) -> dict[str, Any]:
             for p in params.values()
         ],
     }
+    notes = [provider.capability_note] if provider is not None and provider.capability_note else []
     if resource_type == "Observation":
         entry["supportedProfile"] = ["http://hl7.org/fhir/StructureDefinition/vitalsigns"]
-        entry["documentation"] = (
+        notes.append(
             "Observations in the vital-signs category must carry a vital-sign LOINC code with its UCUM unit, "
             "a subject and an effective time (422 otherwise)."
         )
+    if notes:
+        entry["documentation"] = " ".join(notes)
     return entry
 
 
@@ -127,7 +130,7 @@ def capability_statement(registry: ProviderRegistry, base: str) -> dict[str, Any
                         }
                     ],
                 },
-                "resource": [_resource(t) for t in registry.types],
+                "resource": [_resource(t, registry.get(t)) for t in registry.types],
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
             }
         ],

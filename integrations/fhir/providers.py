@@ -53,6 +53,11 @@ class ResourceProvider(ABC):
     store a second resource under an id that exists."""
 
     resource_type: str
+    #: Whether PUT may create a resource under an id the client chooses (CapabilityStatement
+    #: ``updateCreate``); views of domain rows assign their ids themselves.
+    update_create: bool = True
+    #: Said in the CapabilityStatement's per-resource documentation (e.g. what is read-only).
+    capability_note: str = ""
 
     @abstractmethod
     def read(self, session: Session, logical_id: str) -> StoredResource | None:

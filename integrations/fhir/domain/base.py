@@ -81,6 +81,11 @@ class ProjectedProvider(StoredProvider):
     belong to domain rows, and a generic resource under one would collide with a later row.
     """
 
+    update_create = False  # numeric ids are the platform's; PUT never creates one
+    capability_note = (
+        "Numeric ids are views of the platform's own records (from DICOM, HL7 v2 and AI reads): "
+        "they are assigned by the platform and read-only unless stated otherwise."
+    )
     #: The elements the domain row determines. When set, a new projection keeps the other
     #: elements of the stored version (what a FHIR client sent that the domain has no column for).
     domain_elements: frozenset[str] = frozenset()

@@ -50,6 +50,9 @@ def test_capability_statement_parses_in_both_clients_and_in_fhir_resources(sqlit
     observation = next(r for r in parsed.rest[0].resource if r.type == "Observation")
     assert {p.name for p in observation.searchParam} >= {"patient", "code", "date", "status", "identifier"}
     assert "R4B" in (parsed.implementation.description or "")
+    update_create = {r.type: r.updateCreate for r in parsed.rest[0].resource}
+    # a Patient is the platform's patient: PUT never creates one under a client's id (405)
+    assert update_create["Patient"] is False and update_create["Questionnaire"] is True
 
 
 def test_fhirclient_creates_reads_updates_and_searches(sqlite_server: FhirServer) -> None:
