@@ -1,8 +1,8 @@
 """``clinic demo``: the scripted tour a new user sees after ``make demo``.
 
-Trains the demo model if absent, starts the platform (embedded unless configured otherwise), sends
-synthetic chest radiograph studies with a real DICOM client, waits for the AI reads, prints the
-worklist and the URL and login to open.
+Trains the demo models if absent, starts the platform (embedded unless configured otherwise), sends
+synthetic chest radiograph studies and one chest CT series with a real DICOM client, waits for the
+AI reads, prints the worklist and the URL and login to open.
 """
 
 from __future__ import annotations
@@ -68,7 +68,26 @@ def _write_studies(folder: Path, count: int) -> tuple[list[Path], list[str]]:
         write_dataset(ds, path)
         paths.append(path)
         study_uids.append(str(ds.StudyInstanceUID))
-    return paths, study_uids
+    ct_paths, ct_study = _write_ct_study(folder, count, rng)
+    return paths + ct_paths, [*study_uids, ct_study]
+
+
+def _write_ct_study(folder: Path, index: int, rng: np.random.Generator) -> tuple[list[Path], str]:
+    """One chest CT phantom (48 slices of 512², 0.7 mm pixels, 2.5 mm slices) with a 14 mm and a
+    6 mm nodule, for the CT lung-nodule demo model."""
+    from inference.demo.ct_phantoms import synth_ct
+    from integrations.dicom.synthetic import build_ct_series, write_dataset
+
+    phantom = synth_ct(rng, shape=(48, 512, 512), spacing=(2.5, 0.7, 0.7), nodule_diameters_mm=[14.0, 6.0])
+    datasets = build_ct_series(
+        phantom.volume,
+        phantom.spacing,
+        patient_id=f"DEMO{index + 1:04d}",
+        patient_name=f"DEMO^PATIENT{index + 1:02d}",
+        accession_number=f"ACC{int(time.time()) % 100000:05d}{index:02d}",
+    )
+    paths = [write_dataset(ds, folder / f"demo-ct-{k:03d}.dcm") for k, ds in enumerate(datasets)]
+    return paths, str(datasets[0].StudyInstanceUID)
 
 
 def run_demo(settings: Settings, console: Console, *, studies: int, stay: bool, timeout: float) -> None:

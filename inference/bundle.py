@@ -9,11 +9,17 @@ its arguments must be literals, and any ``$``, ``@`` or ``%`` string is refused 
 :class:`~inference.errors.BundleError` naming the file. Nothing is ever ``eval``-ed.
 
 Our own routing, labels, operating thresholds, urgency and disclaimer live in ``metadata.json``
-under the ``"clinic"`` key, next to the standard MONAI metadata fields.
+under the ``"clinic"`` key, next to the standard MONAI metadata fields. ``clinic.task`` is
+``"classification"`` (2D, the default) or ``"segmentation"`` (3D): a segmentation bundle's
+``inference.json`` has a ``Spacingd`` (+ ``ScaleIntensityRanged``) preprocessing, a
+``sliding_window`` section (MONAI's ``SlidingWindowInferer`` arguments) and a postprocessing of
+``Activationsd`` → ``AsDiscreted(threshold)`` → ``RemoveSmallObjectsd(min_size, by_measure)``;
+see :class:`VolumeSpec`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -30,7 +36,18 @@ WEIGHTS_TS = Path("models") / "model.ts"
 
 #: Networks a bundle may name: ``_target_`` → (module, attribute). Short names as MONAI accepts them.
 NETWORKS: dict[str, tuple[str, str]] = {}
-for _name in ("DenseNet121", "DenseNet169", "DenseNet201", "ResNet", "SEResNet50", "EfficientNetBN"):
+for _name in (
+    "DenseNet121",
+    "DenseNet169",
+    "DenseNet201",
+    "ResNet",
+    "SEResNet50",
+    "EfficientNetBN",
+    # 3D segmentation networks
+    "UNet",
+    "BasicUNet",
+    "SegResNet",
+):
     NETWORKS[f"monai.networks.nets.{_name}"] = ("monai.networks.nets", _name)
     NETWORKS[_name] = ("monai.networks.nets", _name)
 
@@ -46,31 +63,64 @@ TRANSFORMS = {
     "monai.transforms.ScaleIntensityd": "scale",
     "Activations": "activations",
     "monai.transforms.Activations": "activations",
+    # segmentation (3D): working spacing, HU window, sigmoid/softmax, threshold, small objects
+    "Spacingd": "spacing",
+    "monai.transforms.Spacingd": "spacing",
+    "ScaleIntensityRanged": "scale_range",
+    "monai.transforms.ScaleIntensityRanged": "scale_range",
+    "Activationsd": "activations",
+    "monai.transforms.Activationsd": "activations",
+    "AsDiscreted": "as_discrete",
+    "monai.transforms.AsDiscreted": "as_discrete",
+    "RemoveSmallObjectsd": "remove_small_objects",
+    "monai.transforms.RemoveSmallObjectsd": "remove_small_objects",
 }
 EXPLAINERS = {"GradCAM": "gradcam", "monai.visualize.GradCAM": "gradcam"}
+INFERERS = {"SlidingWindowInferer": "sliding_window", "monai.inferers.SlidingWindowInferer": "sliding_window"}
 
-_ALLOWED_TARGETS = set(NETWORKS) | set(TRANSFORMS) | set(EXPLAINERS)
+_ALLOWED_TARGETS = set(NETWORKS) | set(TRANSFORMS) | set(EXPLAINERS) | set(INFERERS)
 #: Special keys of MONAI's config syntax that are plain data; ``_requires_`` and ``_mode_`` are not.
 _DATA_SPECIAL_KEYS = {"_target_", "_desc_", "_disabled_"}
 _RESIZE_MODES = {"area", "bilinear"}
+TASKS = ("classification", "segmentation")
+_BLEND_MODES = {"constant", "gaussian"}
 
 
 @dataclass(frozen=True)
 class Routing:
-    """Which images a model reads (DICOM Modality, Body Part Examined, View Position)."""
+    """Which studies a model reads: DICOM Modality, Body Part Examined, View Position, and the
+    imaging order's reason for exam (DESIGN.md §7).
+
+    ``reasons`` are lower-case terms: a code (e.g. ICD-10 ``j18.9``) matches the order's reason
+    code exactly, any other term matches when it occurs in the reason text ("nodule" in "follow-up
+    of a lung nodule"). A model with reasons reads a study whose order gives a reason only when one
+    of them matches; a study without an order or reason is read on the image rules alone (AI must
+    not skip a study because its order is missing). A model without reasons ignores the order.
+    """
 
     modalities: tuple[str, ...]
     body_parts: tuple[str, ...]
     view_positions: tuple[str, ...]
+    reasons: tuple[str, ...] = ()
 
-    def accepts(self, modality: str, body_part: str = "", view_position: str = "") -> bool:
+    def accepts(self, modality: str, body_part: str = "", view_position: str = "", reason: str = "") -> bool:
         """An empty body part or view is accepted when the modality matches (many CRs lack them)."""
         modality, body_part, view = (v.strip().upper() for v in (modality, body_part, view_position))
         if modality not in self.modalities:
             return False
         if body_part and self.body_parts and body_part not in self.body_parts:
             return False
-        return not (view and self.view_positions and view not in self.view_positions)
+        if view and self.view_positions and view not in self.view_positions:
+            return False
+        return self.matches_reason(reason)
+
+    def matches_reason(self, reason: str) -> bool:
+        """*reason* is the order's reason code and text, joined by "|" (``code|text``)."""
+        reason = reason.strip().lower()
+        if not self.reasons or not reason.strip("|"):
+            return True
+        code, _, text = reason.partition("|")
+        return any(term == code.strip() or term in text or term in code for term in self.reasons)
 
 
 @dataclass(frozen=True)
@@ -80,6 +130,9 @@ class FindingSpec:
     output_index: int
     threshold: float
     urgency: int
+    #: Segmentation only: the urgency applies when the largest component is at least this wide
+    #: (equivalent-sphere diameter, mm); smaller positives are routine. ``None``: always.
+    urgent_from_diameter_mm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +140,50 @@ class PreprocessSpec:
     spatial_size: tuple[int, int]
     resize_mode: str = "bilinear"
     normalize: str = "zscore"  # "zscore" | "scale" | "none"
+
+
+@dataclass(frozen=True)
+class SlidingWindowSpec:
+    """MONAI ``sliding_window_inference`` arguments; sizes are (z, y, x) voxels of the working grid."""
+
+    roi_size: tuple[int, int, int]
+    sw_batch_size: int
+    overlap: float
+    mode: str  # "gaussian" | "constant"
+
+
+@dataclass(frozen=True)
+class LungFieldSpec:
+    """Keep a component only when ``min_fraction`` of it lies in the lung field: the air below
+    ``air_below_hu`` that is not around the patient, closed by ``closing_mm`` (see
+    :func:`inference.volume.lung_field_fraction`). The ``lung_field`` section of ``inference.json``:
+    plain data, no ``_target_``."""
+
+    air_below_hu: float
+    closing_mm: float
+    min_fraction: float
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """How a segmentation bundle reads a volume and turns probabilities into components.
+
+    ``spacing`` is the working grid's (z, y, x) in mm (``Spacingd.pixdim`` in the array's axis
+    order); ``intensity`` is ``ScaleIntensityRanged``'s (a_min, a_max, b_min, b_max) or ``None``;
+    ``threshold`` binarises the probability and ``min_volume_mm3`` drops smaller components
+    (``RemoveSmallObjectsd`` with ``by_measure``) of the given ``connectivity`` (1 = faces,
+    2 = + edges, 3 = + corners, as in scikit-image).
+    """
+
+    spacing: tuple[float, float, float]
+    intensity: tuple[float, float, float, float] | None
+    clip: bool
+    sliding_window: SlidingWindowSpec
+    activation: str  # "sigmoid" | "softmax"
+    threshold: float
+    min_volume_mm3: float
+    connectivity: int
+    lung_field: LungFieldSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -101,10 +198,17 @@ class BundleSpec:
     findings: tuple[FindingSpec, ...]
     network_target: str
     network_kwargs: dict[str, Any]
-    preprocessing: PreprocessSpec
+    preprocessing: PreprocessSpec | None  # classification (2D) only
     gradcam_layer: str | None
     weights: Path
     metadata: dict[str, Any]
+    task: str = "classification"
+    volume: VolumeSpec | None = None  # segmentation (3D) only
+
+    @property
+    def is_volumetric(self) -> bool:
+        """A 3D model: it reads a whole series, not one instance."""
+        return self.task == "segmentation"
 
     @property
     def weights_format(self) -> str:
@@ -122,7 +226,12 @@ def read_bundle(root: Path) -> BundleSpec:
     _check_config(config, inf_path)
     clinic = _get(metadata, "clinic", dict, meta_path, "the 'clinic' section (routing, findings)")
     network_target, network_kwargs = _network(config, inf_path)
+    task = clinic.get("task", "classification")
+    if task not in TASKS:
+        raise BundleError(meta_path, f"clinic.task must be one of {list(TASKS)}, not {task!r}")
     findings = _findings(clinic, meta_path, network_kwargs.get("out_channels"))
+    if task == "segmentation" and len(findings) != 1:
+        raise BundleError(meta_path, "a segmentation bundle has exactly one finding (its foreground class)")
     is_synthetic = _get(clinic, "is_synthetic", bool, meta_path, "clinic.is_synthetic")
     disclaimer = str(clinic.get("disclaimer", SYNTHETIC_DISCLAIMER if is_synthetic else ""))
     if is_synthetic and disclaimer != SYNTHETIC_DISCLAIMER:
@@ -138,10 +247,12 @@ def read_bundle(root: Path) -> BundleSpec:
         findings=findings,
         network_target=network_target,
         network_kwargs=network_kwargs,
-        preprocessing=_preprocessing(config, inf_path),
-        gradcam_layer=_gradcam_layer(config, inf_path),
+        preprocessing=_preprocessing(config, inf_path) if task == "classification" else None,
+        gradcam_layer=_gradcam_layer(config, inf_path) if task == "classification" else None,
         weights=_weights(root),
         metadata=metadata,
+        task=task,
+        volume=_volume(config, inf_path) if task == "segmentation" else None,
     )
 
 
@@ -244,6 +355,116 @@ def _preprocessing(config: dict[str, Any], path: Path) -> PreprocessSpec:
     return PreprocessSpec(spatial_size=size, resize_mode=mode, normalize=normalize)
 
 
+def _steps(config: dict[str, Any], key: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """A ``Compose`` (or single step) under *key* as (kind, arguments) pairs, kinds per TRANSFORMS."""
+    node = _get(config, key, dict, path, key)
+    steps = node.get("transforms", []) if TRANSFORMS.get(node.get("_target_", "")) == "compose" else [node]
+    if not isinstance(steps, list):
+        raise BundleError(path, f"{key}.transforms must be a list")
+    out = []
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict):
+            raise BundleError(path, f"{key}.transforms[{i}] must be an object")
+        kind = TRANSFORMS.get(step.get("_target_", ""))
+        if kind is None:
+            raise BundleError(path, f"{key}.transforms[{i}] has no allowlisted _target_")
+        out.append((kind, step))
+    return out
+
+
+def _numbers(
+    value: Any, n: int, what: str, path: Path, kind: type = float, positive: bool = True
+) -> tuple[Any, ...]:
+    ok = isinstance(value, list) and len(value) == n
+    ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    ok = ok and all((isinstance(v, int) if kind is int else True) for v in value)
+    if not ok or (positive and not all(v > 0 for v in value)):
+        raise BundleError(path, f"{what} must be {n} {'positive ' if positive else ''}{kind.__name__}s")
+    return tuple(kind(v) for v in value)
+
+
+def _volume(config: dict[str, Any], path: Path) -> VolumeSpec:
+    """The segmentation sections of ``inference.json``: preprocessing, sliding_window, postprocessing."""
+    spacing: tuple[float, ...] | None = None
+    intensity: tuple[float, ...] | None = None
+    clip = False
+    for kind, step in _steps(config, "preprocessing", path):
+        if kind == "spacing":
+            spacing = _numbers(step.get("pixdim"), 3, "preprocessing Spacingd.pixdim", path)
+            if step.get("mode", "bilinear") not in ("bilinear", "trilinear"):
+                raise BundleError(path, "preprocessing Spacingd.mode must be bilinear")
+        elif kind == "scale_range":
+            args = [step.get(k) for k in ("a_min", "a_max", "b_min", "b_max")]
+            intensity = _numbers(
+                args, 4, "ScaleIntensityRanged a_min/a_max/b_min/b_max", path, positive=False
+            )
+            if intensity[0] == intensity[1]:
+                raise BundleError(path, "ScaleIntensityRanged: a_min and a_max must differ")
+            clip = bool(step.get("clip", False))
+        else:
+            raise BundleError(path, f"preprocessing: {step.get('_target_')!r} is not a segmentation step")
+    if spacing is None:
+        raise BundleError(path, "preprocessing has no Spacingd step (the model's working spacing)")
+    sw = _get(config, "sliding_window", dict, path, "sliding_window (roi_size, sw_batch_size, overlap, mode)")
+    if "_target_" in sw and INFERERS.get(sw["_target_"]) != "sliding_window":
+        raise BundleError(path, "sliding_window._target_ must be SlidingWindowInferer")
+    roi = _numbers(sw.get("roi_size"), 3, "sliding_window.roi_size", path, kind=int)
+    batch, overlap, mode = sw.get("sw_batch_size", 1), sw.get("overlap", 0.25), sw.get("mode", "constant")
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise BundleError(path, "sliding_window.sw_batch_size must be a positive int")
+    if not isinstance(overlap, int | float) or not 0.0 <= overlap < 1.0:
+        raise BundleError(path, "sliding_window.overlap must be in [0, 1)")
+    if mode not in _BLEND_MODES:
+        raise BundleError(path, f"sliding_window.mode must be one of {sorted(_BLEND_MODES)}")
+    activation = ""
+    threshold: Any = 0.5
+    min_volume: Any = 0.0
+    connectivity: Any = 3
+    for kind, step in _steps(config, "postprocessing", path):
+        if kind == "activations":
+            activation = "sigmoid" if step.get("sigmoid") else "softmax" if step.get("softmax") else ""
+        elif kind == "as_discrete":
+            threshold = step.get("threshold")
+            if not isinstance(threshold, int | float) or not 0.0 < threshold < 1.0:
+                raise BundleError(path, "postprocessing AsDiscreted.threshold must be in (0, 1)")
+        elif kind == "remove_small_objects":
+            min_volume, connectivity = step.get("min_size", 0), step.get("connectivity", 1)
+            if not isinstance(min_volume, int | float) or min_volume < 0 or not step.get("by_measure"):
+                raise BundleError(path, "RemoveSmallObjectsd needs min_size >= 0 (mm3) with by_measure: true")
+            if connectivity not in (1, 2, 3):
+                raise BundleError(path, "RemoveSmallObjectsd.connectivity must be 1, 2 or 3")
+        else:
+            raise BundleError(path, f"postprocessing: {step.get('_target_')!r} is not a segmentation step")
+    if not activation:
+        raise BundleError(path, "postprocessing needs Activationsd with sigmoid or softmax")
+    return VolumeSpec(
+        spacing=(spacing[0], spacing[1], spacing[2]),
+        intensity=None if intensity is None else (intensity[0], intensity[1], intensity[2], intensity[3]),
+        clip=clip,
+        sliding_window=SlidingWindowSpec((roi[0], roi[1], roi[2]), batch, float(overlap), str(mode)),
+        activation=activation,
+        threshold=float(threshold),
+        min_volume_mm3=float(min_volume),
+        connectivity=int(connectivity),
+        lung_field=_lung_field(config, path),
+    )
+
+
+def _lung_field(config: dict[str, Any], path: Path) -> LungFieldSpec | None:
+    section = config.get("lung_field")
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise BundleError(path, "lung_field must be an object")
+    values = [section.get(k) for k in ("air_below_hu", "closing_mm", "min_fraction")]
+    air, closing, fraction = _numbers(
+        values, 3, "lung_field air_below_hu/closing_mm/min_fraction", path, positive=False
+    )
+    if closing <= 0 or not 0.0 < fraction <= 1.0:
+        raise BundleError(path, "lung_field needs closing_mm > 0 and min_fraction in (0, 1]")
+    return LungFieldSpec(air, closing, fraction)
+
+
 def _gradcam_layer(config: dict[str, Any], path: Path) -> str | None:
     explain = config.get("explain")
     if explain is None:
@@ -271,8 +492,12 @@ def _routing(clinic: dict[str, Any], path: Path) -> Routing:
             )
         return tuple(v.strip().upper() for v in value)
 
+    reasons = tuple(v.lower() for v in upper_list("reasons", False))
     return Routing(
-        upper_list("modalities", True), upper_list("body_parts", False), upper_list("view_positions", False)
+        upper_list("modalities", True),
+        upper_list("body_parts", False),
+        upper_list("view_positions", False),
+        reasons,
     )
 
 
@@ -297,6 +522,11 @@ def _findings(clinic: dict[str, Any], path: Path, out_channels: Any) -> tuple[Fi
             raise BundleError(
                 path, f"{where}: needs code, label, output_index, threshold, urgency ({exc})"
             ) from exc
+        size_rule = item.get("urgent_from_diameter_mm")
+        if size_rule is not None:
+            if not isinstance(size_rule, int | float) or isinstance(size_rule, bool) or size_rule <= 0:
+                raise BundleError(path, f"{where}.urgent_from_diameter_mm must be a positive number")
+            spec = dataclasses.replace(spec, urgent_from_diameter_mm=float(size_rule))
         if not 0.0 <= spec.threshold <= 1.0:
             raise BundleError(path, f"{where}.threshold must be in [0, 1]")
         if spec.urgency not in (0, 1, 2):

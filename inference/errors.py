@@ -21,6 +21,11 @@ class ImageLoadError(InferenceError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class InconsistentSeriesError(ImageLoadError):
+    """A series that is not one regular volume (mixed sizes or orientations, duplicate, missing or
+    tilted slices, no geometry): permanent, like any :class:`ImageLoadError`."""
+
+
 class BundleError(InferenceError):
     """A model bundle that cannot be loaded; names the offending file and the reason."""
 

@@ -3,6 +3,10 @@
 Explicit and loud (STYLE.md, Inference): a bundle that cannot be loaded raises
 :class:`~inference.errors.BundleError` naming the file and the reason; lookups never return ``None``.
 Build one registry per worker process (``import monai`` alone costs ~2.5 s, DESIGN.md §10).
+
+Two kinds of model: :class:`LoadedModel` (2D classification, one instance, ``predict``) and
+:class:`~inference.segmentation.SegmentationModel` (3D segmentation, a whole series,
+``predict_volume``); ``model.is_volumetric`` tells them apart and the registry routes both.
 """
 
 from __future__ import annotations
@@ -14,19 +18,23 @@ import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from inference.bundle import BundleSpec, FindingSpec, Routing, read_bundle
+from inference.bundle import BundleSpec, FindingSpec, PreprocessSpec, Routing, read_bundle
 from inference.device import resolve_device
 from inference.errors import BundleError, InferenceError
 from inference.explain import find_layer, forward_with_gradcam
 from inference.preprocess import preprocess
 from inference.types import Finding, ImageInput, ModelResult
 
-__all__ = ["BundleError", "LoadedModel", "ModelNotFoundError", "ModelRegistry"]
+if TYPE_CHECKING:
+    from inference.segmentation import SegmentationModel
+
+__all__ = ["AnyModel", "BundleError", "LoadedModel", "ModelNotFoundError", "ModelRegistry", "load_model"]
 
 
 class ModelNotFoundError(InferenceError, KeyError):
@@ -34,9 +42,16 @@ class ModelNotFoundError(InferenceError, KeyError):
 
 
 class LoadedModel:
-    """One bundle's network, loaded once onto its device, with its routing and findings."""
+    """One 2D classification bundle's network, loaded once onto its device, with its routing and
+    findings."""
+
+    #: A 2D model reads one instance (see SegmentationModel for the 3D kind).
+    is_volumetric = False
 
     def __init__(self, spec: BundleSpec, device: str | torch.device = "auto") -> None:
+        if spec.preprocessing is None:
+            raise BundleError(spec.root / "configs" / "metadata.json", "not a classification bundle")
+        self._preprocessing: PreprocessSpec = spec.preprocessing
         self.spec = spec
         self.model_id = spec.model_id
         self.name = spec.name
@@ -46,7 +61,7 @@ class LoadedModel:
         self.device = resolve_device(device)
         # channels_last: 58 vs 75 ms per 224² DenseNet121 image on 2 CPU cores (DESIGN.md §10).
         self._memory_format = torch.channels_last
-        self._net = _load_network(spec, self.device, self._memory_format)
+        self._net = load_network(spec, self.device, self._memory_format)
         self._cam_layer: nn.Module | None = None
         if spec.gradcam_layer and spec.weights_format == "state_dict":
             try:
@@ -63,8 +78,8 @@ class LoadedModel:
     def findings(self) -> tuple[FindingSpec, ...]:
         return self.spec.findings
 
-    def accepts(self, modality: str, body_part: str = "", view_position: str = "") -> bool:
-        return self.spec.routing.accepts(modality, body_part, view_position)
+    def accepts(self, modality: str, body_part: str = "", view_position: str = "", reason: str = "") -> bool:
+        return self.spec.routing.accepts(modality, body_part, view_position, reason)
 
     def predict(self, image: ImageInput, explain: bool = True) -> ModelResult:
         """Probabilities for every finding; with ``explain`` a Grad-CAM heatmap for each.
@@ -76,7 +91,7 @@ class LoadedModel:
         if pixels.ndim != 2:
             raise ValueError(f"ImageInput.pixels must be H×W, got shape {pixels.shape}")
         start = time.perf_counter()
-        x = torch.from_numpy(preprocess(pixels, self.spec.preprocessing))[None]
+        x = torch.from_numpy(preprocess(pixels, self._preprocessing))[None]
         x = x.to(self.device).contiguous(memory_format=self._memory_format)
         indices = [f.output_index for f in self.spec.findings]
         heatmaps: list[np.ndarray | None] = [None] * len(indices)
@@ -120,11 +135,24 @@ class LoadedModel:
         )
 
 
+#: Either kind of model the registry holds.
+AnyModel = Union[LoadedModel, "SegmentationModel"]
+
+
+def load_model(spec: BundleSpec, device: str | torch.device = "auto") -> AnyModel:
+    """The model class that fits the bundle's task, loaded onto *device*."""
+    if spec.is_volumetric:
+        from inference.segmentation import SegmentationModel
+
+        return SegmentationModel(spec, device)
+    return LoadedModel(spec, device)
+
+
 class ModelRegistry:
     """All loaded models, with routing by modality, body part and view position."""
 
-    def __init__(self, models: Iterable[LoadedModel]) -> None:
-        self._models: dict[str, LoadedModel] = {}
+    def __init__(self, models: Iterable[AnyModel]) -> None:
+        self._models: dict[str, AnyModel] = {}
         for model in models:
             if model.model_id in self._models:
                 other = self._models[model.model_id].spec.root
@@ -142,17 +170,20 @@ class ModelRegistry:
         if not models_dir.is_dir():
             raise BundleError(models_dir, "the models folder does not exist")
         bundles = sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
-        return cls(LoadedModel(read_bundle(p), device) for p in bundles)
+        return cls(load_model(read_bundle(p), device) for p in bundles)
 
     @property
-    def models(self) -> list[LoadedModel]:
+    def models(self) -> list[AnyModel]:
         return list(self._models.values())
 
-    def select(self, modality: str, body_part: str = "", view_position: str = "") -> list[LoadedModel]:
-        """The models that read this kind of image, by their bundles' routing rules."""
-        return [m for m in self._models.values() if m.accepts(modality, body_part, view_position)]
+    def select(
+        self, modality: str, body_part: str = "", view_position: str = "", reason: str = ""
+    ) -> list[AnyModel]:
+        """The models that read this kind of image (and order reason, ``code|text``), by their
+        bundles' routing rules."""
+        return [m for m in self._models.values() if m.accepts(modality, body_part, view_position, reason)]
 
-    def get(self, model_id: str) -> LoadedModel:
+    def get(self, model_id: str) -> AnyModel:
         try:
             return self._models[model_id]
         except KeyError:
@@ -177,7 +208,7 @@ def build_network(spec: BundleSpec) -> nn.Module:
     return net
 
 
-def _load_network(spec: BundleSpec, device: torch.device, memory_format: torch.memory_format) -> nn.Module:
+def load_network(spec: BundleSpec, device: torch.device, memory_format: torch.memory_format) -> nn.Module:
     if spec.weights_format == "torchscript":
         try:
             with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; model-zoo bundles ship it

@@ -39,6 +39,46 @@ class ImageInput:
 
 
 @dataclass(frozen=True)
+class VolumeInput:
+    """One CT (or other cross-sectional) series as a volume in its stored geometry.
+
+    ``hu`` is float32 (z, y, x) after the Modality LUT (Rescale Slope/Intercept: Hounsfield units
+    for CT); slice ``k`` is ``sop_instance_uids[k]``, in ascending order of Image Position
+    (Patient) along the slice normal (PS3.3 C.7.6.2.1.1). ``spacing`` is (z, y, x) mm: the slice
+    step, then Pixel Spacing (row step, column step). ``origin`` is the first slice's Image
+    Position (Patient) and ``direction`` the row, column and normal direction cosines (x, y, z
+    each), when the series has them.
+    """
+
+    hu: np.ndarray
+    spacing: tuple[float, float, float]
+    sop_instance_uids: tuple[str, ...]
+    series_uid: str = ""
+    modality: str = ""
+    body_part: str = ""
+    origin: tuple[float, float, float] | None = None
+    direction: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.hu.ndim != 3:
+            raise ValueError(f"VolumeInput.hu must be (z, y, x), got shape {self.hu.shape}")
+        if len(self.sop_instance_uids) != self.hu.shape[0]:
+            raise ValueError(f"{len(self.sop_instance_uids)} SOP instance UIDs for {self.hu.shape[0]} slices")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A number a model measured: ``unit`` is UCUM (``{count}``, ``mm``, ``mm3``); ``finding_code``
+    names the finding it describes."""
+
+    code: str
+    label: str
+    value: float
+    unit: str
+    finding_code: str = ""
+
+
+@dataclass(frozen=True)
 class Finding:
     """One finding of one model on one image.
 
@@ -61,6 +101,9 @@ class Finding:
 
 @dataclass(frozen=True)
 class ModelResult:
+    """A model's read. For a segmentation model ``sop_instance_uid`` is the key slice (where the
+    largest component peaks; the middle slice when none)."""
+
     model_id: str
     model_name: str
     model_version: str
@@ -70,6 +113,11 @@ class ModelResult:
     inference_ms: float
     findings: tuple[Finding, ...]
     sop_instance_uid: str
+    #: Segmentation: uint8 (frames, rows, cols), 1 = the finding, frame k = ``mask_sop_uids[k]``.
+    mask: np.ndarray | None = None
+    mask_sop_uids: tuple[str, ...] = ()
+    measurements: tuple[Measurement, ...] = ()
+    series_uid: str = ""
 
     def finding(self, code: str) -> Finding:
         for f in self.findings:

@@ -95,16 +95,20 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @pytest.fixture(scope="session")
 def demo_models_dir() -> Path:
-    """The demo MONAI bundle(s), trained once (seeded) and reused across test runs.
+    """The demo MONAI bundles (chest radiograph classifier, CT nodule segmenter), trained once
+    (seeded) and reused across test runs.
 
     ``make test`` trains them before pytest starts (``clinic models train-demo``); this fixture
     trains them only when they are missing, e.g. when a single test file is run by hand.
     """
+    from inference.demo.ct_train import ct_bundle_exists, train_ct_demo
     from inference.demo.train import demo_bundle_exists, train_demo
 
     path = Path(os.environ.get("CLINIC_TEST_MODELS_DIR", str(REPO_ROOT / "var" / "models")))
     if not demo_bundle_exists(path):
         train_demo(path)
+    if not ct_bundle_exists(path):  # the CT lung-nodule segmenter: about two minutes
+        train_ct_demo(path)
     return path
 
 

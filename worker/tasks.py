@@ -29,7 +29,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from celery import Celery, Task
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from clinic.ai.service import (
     ANALYSE_STUDY_TASK,
     FindingIn,
+    MeasurementIn,
     ReadIn,
     claim_job,
     fail_job,
@@ -48,10 +49,12 @@ from clinic.ai.service import (
 from clinic.db import make_engine, make_session_factory, unit_of_work
 from clinic.imaging.models import Study
 from clinic.imaging.service import study_instances
+from clinic.orders.service import order_reason
+from clinic.results.service import request_results
 from clinic.settings import Settings
 
 if TYPE_CHECKING:
-    from inference.registry import LoadedModel, ModelRegistry
+    from inference.registry import AnyModel, LoadedModel, ModelRegistry
     from inference.types import Finding, ModelResult
 
 log = logging.getLogger(__name__)
@@ -157,6 +160,9 @@ class InputRef:
     view_position: str
     sop_instance_uid: str
     file_path: str
+    series_uid: str = ""
+    #: The imaging order's reason for exam, ``code|text`` (lower case), "" without an order.
+    reason: str = ""
 
     def rank(self) -> int:
         """Lower is better: the frontal view of a chest radiograph first (PA, then AP)."""
@@ -166,15 +172,19 @@ class InputRef:
 
 
 def plan_reads(registry: ModelRegistry, inputs: Sequence[InputRef]) -> list[tuple[LoadedModel, InputRef]]:
-    """Each model the registry selects for any series of the study, with its best input instance."""
+    """Each 2D model the registry selects for any series of the study, with its best input instance.
+
+    Volumetric (3D) models read whole series: :func:`worker.volumes.plan_series_reads` plans them.
+    """
     selected: dict[tuple[str, str, str], list[LoadedModel]] = {}
     best: dict[tuple[str, str], tuple[LoadedModel, InputRef]] = {}
     for ref in inputs:  # already in series/instance order: the first of equal rank wins
         key = (ref.modality, ref.body_part, ref.view_position)
         if key not in selected:
-            selected[key] = list(
-                registry.select(ref.modality, body_part=ref.body_part, view_position=ref.view_position)
+            found: list[AnyModel] = registry.select(
+                ref.modality, body_part=ref.body_part, view_position=ref.view_position, reason=ref.reason
             )
+            selected[key] = [cast("LoadedModel", m) for m in found if not m.is_volumetric]
         for model in selected[key]:
             model_key = (model.model_id, model.version)
             if model_key not in best or ref.rank() < best[model_key][1].rank():
@@ -221,8 +231,43 @@ def save_heatmap(settings: Settings, study_uid: str, result: ModelResult, findin
     return path.relative_to(settings.resolved_data_dir).as_posix()
 
 
+def save_mask(settings: Settings, study_uid: str, result: ModelResult) -> str:
+    """Write a segmentation's mask as ``.npz``; its path relative to the data dir.
+
+    ``results/<study uid>/<model id>-<version>-mask.npz`` holds ``mask`` (uint8, frames × rows ×
+    columns, 1 = the finding) and ``sop_instance_uids`` (frame k is that instance), written with
+    ``np.savez_compressed`` to a temporary file, fsynced and renamed: a reader never sees half a
+    file and a redelivered task writes the same name.
+    """
+    import numpy as np
+
+    if result.mask is None:
+        raise PermanentError(f"{result.model_id}: no mask to save")
+    mask = np.ascontiguousarray(result.mask, dtype=np.uint8)
+    if mask.ndim != 3 or mask.shape[0] != len(result.mask_sop_uids):
+        raise PermanentError(
+            f"{result.model_id}: mask {mask.shape} does not match {len(result.mask_sop_uids)} instances"
+        )
+    folder = settings.results_dir / safe_name(study_uid)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{safe_name(result.model_id)}-{safe_name(result.model_version)}-mask.npz"
+    path = folder / name
+    tmp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(
+                handle, mask=mask, sop_instance_uids=np.array(result.mask_sop_uids, dtype=str)
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.relative_to(settings.resolved_data_dir).as_posix()
+
+
 def to_read_in(settings: Settings, study_uid: str, result: ModelResult, ref: InputRef) -> ReadIn:
-    """The domain's :class:`ReadIn` for an inference :class:`ModelResult` (heatmaps saved)."""
+    """The domain's :class:`ReadIn` for an inference :class:`ModelResult` (heatmaps and mask saved)."""
     findings = tuple(
         FindingIn(
             code=f.code,
@@ -244,6 +289,12 @@ def to_read_in(settings: Settings, study_uid: str, result: ModelResult, ref: Inp
         device=result.device,
         inference_ms=float(result.inference_ms),
         findings=findings,
+        series_uid=result.series_uid or ref.series_uid,
+        mask_path=save_mask(settings, study_uid, result) if result.mask is not None else "",
+        measurements=tuple(
+            MeasurementIn(m.code, m.label, float(m.value), m.unit, m.finding_code)
+            for m in result.measurements
+        ),
     )
 
 
@@ -269,6 +320,7 @@ def _claim(context: WorkerContext, job_id: int) -> _Claimed | None:
         if study is None:  # a foreign key makes this impossible; say so if it happens
             fail_job(session, job_id, f"study {job.study_id} does not exist")
             return None
+        reason = order_reason(session, study.id)  # the order's reason for exam routes models too
         inputs = [
             InputRef(
                 modality=(series.modality or "").upper(),
@@ -276,6 +328,8 @@ def _claim(context: WorkerContext, job_id: int) -> _Claimed | None:
                 view_position=(series.view_position or "").upper(),
                 sop_instance_uid=instance.sop_instance_uid,
                 file_path=instance.file_path,
+                series_uid=series.series_uid,
+                reason=reason,
             )
             for series, instance in study_instances(session, study.id)
         ]
@@ -321,16 +375,22 @@ def _analyse(context: WorkerContext, job_id: int, claimed: _Claimed) -> tuple[li
 
     if not claimed.inputs:
         return [], [f"study {claimed.study_id} has no instances"]
+    from worker.volumes import plan_series_reads, read_series  # 3D reads; it imports this module
+
     try:
-        plan = plan_reads(context.registry(), claimed.inputs)
+        registry = context.registry()
+        plan = plan_reads(registry, claimed.inputs)
+        series_plan = plan_series_reads(registry, claimed.inputs)
     except BundleError as exc:
         return [], [f"model bundle cannot be loaded: {exc}"]
-    if not plan:
+    if not plan and not series_plan:
         kinds = sorted(
             {f"{i.modality}/{i.body_part or '-'}/{i.view_position or '-'}" for i in claimed.inputs}
         )
         log.info("job %s: no model applies to study %s (%s)", job_id, claimed.study_id, ", ".join(kinds))
-    return _read_all(context, job_id, claimed, plan)
+    reads, errors = _read_all(context, job_id, claimed, plan)
+    more, more_errors = read_series(context.settings, job_id, claimed.study_uid, claimed.done, series_plan)
+    return reads + more, errors + more_errors
 
 
 def analyse_study(context: WorkerContext, job_id: int) -> str:
@@ -347,9 +407,17 @@ def analyse_study(context: WorkerContext, job_id: int) -> str:
         # Anything else would fail again on every hand-out of the job: fail it, visibly.
         log.exception("job %s: analysis raised", job_id)
         reads, errors = [], [f"{type(exc).__name__}: {exc}"]
+    from worker import fhir_tasks, hl7_tasks  # here: they import this module
+
     with unit_of_work(context.session_factory) as session:
         for read_in in reads:
-            record_read(session, claimed.study_id, job_id, read_in)
+            read = record_read(session, claimed.study_id, job_id, read_in)
+            if context.settings.results_send:  # the read and the request for its SR commit together
+                request_results(session, read.id)
+            # HL7 ORU^R01 to the EMR (hl7_results_destination), committed with the read
+            hl7_tasks.queue_ai_result(session, context.settings, read.id)
+            # FHIR DiagnosticReport to an external server (fhir_push_url), committed with the read
+            fhir_tasks.queue_ai_report(session, context.settings, read.id)
         if errors:
             fail_job(session, job_id, "; ".join(errors))
         else:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from clinic.ai.models import AIFinding, AIRead, AnalysisJob, JobStatus
+from clinic.ai.models import AIFinding, AIMeasurement, AIRead, AnalysisJob, JobStatus
 from clinic.db import utcnow
 from clinic.imaging.models import Study
 from clinic.outbox import service as outbox
@@ -148,8 +148,23 @@ class FindingIn:
 
 
 @dataclass(frozen=True)
+class MeasurementIn:
+    """A number a model measured; ``unit`` is UCUM (``{count}``, ``mm``, ``mm3``)."""
+
+    code: str
+    label: str
+    value: float
+    unit: str
+    finding_code: str = ""
+
+
+@dataclass(frozen=True)
 class ReadIn:
-    """A model's result, as the domain stores it (the worker converts the inference result)."""
+    """A model's result, as the domain stores it (the worker converts the inference result).
+
+    ``mask_path`` (a segmentation model's label map, relative to the data dir) and
+    ``measurements`` come from 3D models; ``series_uid`` is the series the model read.
+    """
 
     model_id: str
     model_name: str
@@ -160,6 +175,9 @@ class ReadIn:
     device: str = "cpu"
     inference_ms: float = 0.0
     findings: tuple[FindingIn, ...] = field(default_factory=tuple)
+    series_uid: str = ""
+    mask_path: str = ""
+    measurements: tuple[MeasurementIn, ...] = field(default_factory=tuple)
 
 
 def find_read(session: Session, study_id: int, model_id: str, model_version: str) -> AIRead | None:
@@ -186,6 +204,8 @@ def record_read(session: Session, study_id: int, job_id: int | None, read_in: Re
         is_synthetic=read_in.is_synthetic,
         disclaimer=read_in.disclaimer,
         sop_instance_uid=read_in.sop_instance_uid,
+        series_uid=read_in.series_uid,
+        mask_path=read_in.mask_path,
         device=read_in.device,
         inference_ms=read_in.inference_ms,
         findings=[
@@ -199,6 +219,10 @@ def record_read(session: Session, study_id: int, job_id: int | None, read_in: Re
                 heatmap_path=f.heatmap_path,
             )
             for f in read_in.findings
+        ],
+        measurements=[
+            AIMeasurement(code=m.code, label=m.label, value=m.value, unit=m.unit, finding_code=m.finding_code)
+            for m in read_in.measurements
         ],
     )
     try:

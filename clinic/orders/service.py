@@ -259,3 +259,20 @@ def orders_for_study(session: Session, study_id: int) -> list[ImagingOrder]:
             select(ImagingOrder).where(ImagingOrder.study_id == study_id).order_by(ImagingOrder.id)
         )
     )
+
+
+def order_reason(session: Session, study_id: int) -> str:
+    """The reason for exam of the study's active orders as ``code|text`` (lower case), for model
+    routing (DESIGN.md §7); "" when the study has no active order with a reason."""
+    codes: list[str] = []
+    texts: list[str] = []
+    for order in orders_for_study(session, study_id):
+        if order.status != OrderStatus.ACTIVE and order.status != OrderStatus.COMPLETED:
+            continue
+        if order.reason_code:
+            codes.append(order.reason_code.strip())
+        if order.reason_for_exam:
+            texts.append(order.reason_for_exam.strip())
+    if not codes and not texts:
+        return ""
+    return f"{' '.join(codes)}|{' '.join(texts)}".lower()

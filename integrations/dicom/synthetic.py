@@ -6,6 +6,11 @@ General Study, the DX/CR Series, General Equipment, General Image, Image Pixel, 
 DX Image, DX Detector, DX Positioning, VOI LUT and SOP Common modules with their Type 1 and 2
 attributes. Every image says it is synthetic in Image Comments and Series Description. The result
 reads back with pydicom in strict mode (``reading_validation_mode = RAISE``).
+
+:func:`build_ct_series` writes a Hounsfield-unit volume as a CT Image Storage series (PS3.3 A.3):
+one single-frame axial image per slice with the Image Plane (C.7.6.2) and CT Image (C.8.2.1)
+modules, a Frame of Reference shared by the series, and Rescale Intercept −1024 over unsigned
+16-bit stored values.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
     ComputedRadiographyImageStorage,
+    CTImageStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     generate_uid,
@@ -175,3 +181,140 @@ def write_dataset(ds: Dataset, path: str | os.PathLike[str]) -> Path:
         temp.unlink(missing_ok=True)
         raise
     return target
+
+
+#: Stored value = HU − CT_RESCALE_INTERCEPT (unsigned 16 bits, so −1024 HU is 0).
+CT_RESCALE_INTERCEPT = -1024
+
+
+def build_ct_series(
+    volume_hu: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    patient_id: str,
+    patient_name: str,
+    accession_number: str = "",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+    patient_sex: str = "",
+    patient_birth_date: dt.date | None = None,
+    study_datetime: dt.datetime | None = None,
+    study_description: str = "CT CHEST",
+    series_number: int = 2,
+    body_part: str = "CHEST",
+    origin: tuple[float, float, float] | None = None,
+) -> list[Dataset]:
+    """An axial CT series of *volume_hu* (z, y, x), slice 0 the most inferior; one dataset a slice.
+
+    *spacing* is (slice step, row step, column step) in mm; the slices are contiguous (Slice
+    Thickness = the step). Image Orientation (Patient) is ``1\\0\\0\\0\\1\\0`` (rows run to the
+    patient's left, columns to posterior), Image Position (Patient) rises by the step along z
+    from *origin* (default: the volume centred on the isocentre). Instance Number counts from the
+    most superior slice down, as a head-first scan acquires them, so that a reader must order
+    slices by position, not by number. HU are rounded and clipped to [−1024, 64511].
+    """
+    if volume_hu.ndim != 3 or min(volume_hu.shape) < 1:
+        raise ValueError(f"volume_hu must be a (z, y, x) array, got shape {volume_hu.shape}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be three positive numbers (z, y, x) mm, got {spacing}")
+    n, rows, columns = (int(v) for v in volume_hu.shape)
+    dz, dy, dx = (float(v) for v in spacing)
+    if origin is None:
+        origin = (-(columns - 1) * dx / 2, -(rows - 1) * dy / 2, -(n - 1) * dz / 2)
+    stored = np.clip(np.rint(np.asarray(volume_hu, dtype=np.float64)) - CT_RESCALE_INTERCEPT, 0, 65535)
+    stored = stored.astype("<u2")
+    when = study_datetime or dt.datetime.now()
+    study = UID(study_uid or generate_uid())
+    series = UID(series_uid or generate_uid())
+    frame_of_reference = UID(frame_of_reference_uid or generate_uid())
+    out = []
+    for k in range(n):
+        ds = _ct_slice(
+            stored[k],
+            patient_id=patient_id,
+            patient_name=patient_name,
+            accession_number=accession_number,
+            patient_sex=patient_sex,
+            patient_birth_date=patient_birth_date,
+            when=when,
+            study_description=study_description,
+            body_part=body_part,
+        )
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.SeriesNumber = series_number
+        ds.InstanceNumber = n - k
+        position = (origin[0], origin[1], origin[2] + k * dz)
+        ds.ImagePositionPatient = [_spacing_text(v) for v in position]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.SliceLocation = _spacing_text(position[2])
+        ds.SliceThickness = _spacing_text(dz)
+        ds.PixelSpacing = [_spacing_text(dy), _spacing_text(dx)]
+        out.append(ds)
+    return out
+
+
+def _ct_slice(
+    pixels: np.ndarray,
+    *,
+    patient_id: str,
+    patient_name: str,
+    accession_number: str,
+    patient_sex: str,
+    patient_birth_date: dt.date | None,
+    when: dt.datetime,
+    study_description: str,
+    body_part: str,
+) -> Dataset:
+    """One CT image's attributes but its geometry and series-level UIDs."""
+    sop_instance = generate_uid()
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_instance
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = when.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = when.strftime("%H%M%S")
+    ds.AccessionNumber = accession_number
+    ds.Modality = "CT"
+    ds.Manufacturer = "Smart Clinic (synthetic)"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = study_description
+    ds.SeriesDescription = f"AXIAL ({SYNTHETIC_NOTE})"[:64]
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = patient_birth_date.strftime("%Y%m%d") if patient_birth_date else ""
+    ds.PatientSex = patient_sex
+    ds.BodyPartExamined = body_part
+    ds.PatientPosition = "HFS"
+    ds.StudyID = ""
+    ds.AcquisitionNumber = 1
+    ds.PositionReferenceIndicator = ""
+    ds.KVP = "120"
+    ds.ImageComments = SYNTHETIC_NOTE
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = (int(v) for v in pixels.shape)
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = str(CT_RESCALE_INTERCEPT)
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.WindowCenter = "-600"  # lung window
+    ds.WindowWidth = "1500"
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    ds.file_meta = meta
+    ds.set_original_encoding(False, True)
+    return ds

@@ -95,3 +95,22 @@ def test_no_link_across_patients_even_after_a_merge_elsewhere(factory: sessionma
         again = apply_order(session, one.id, OrderControl.CHANGE, OrderIn("O-9", priority=Priority.URGENT))
         assert again.study_id == study.id and study.patient_id == one.id
         assert study.order_priority == Priority.URGENT
+
+
+def test_the_order_reason_for_model_routing(factory: sessionmaker[Session]) -> None:
+    """Reason code and text of the active orders, as the worker hands them to the model registry."""
+    from clinic.orders.service import order_reason
+
+    with unit_of_work(factory) as session:
+        patient = _patient(session, "P5")
+        study = _study(session, "P5", "A-5")
+        assert order_reason(session, study.id) == ""  # no order: the images alone route models
+        apply_order(
+            session,
+            patient.id,
+            OrderControl.NEW,
+            OrderIn("O-5", accession_number="A-5", reason_for_exam="R/O Pneumonia", reason_code="J18.9"),
+        )
+        assert order_reason(session, study.id) == "j18.9|r/o pneumonia"
+        apply_order(session, patient.id, OrderControl.CANCEL, OrderIn("O-5"))
+        assert order_reason(session, study.id) == ""  # a cancelled order says nothing any more

@@ -177,6 +177,30 @@ def test_routing_and_lookup(make_bundle: MakeBundle) -> None:
         registry.get("nope")
 
 
+def test_the_order_reason_for_exam_routes_models(make_bundle: MakeBundle) -> None:
+    """DESIGN.md §7: the registry maps studies to models by modality, body part, view and order reason."""
+    make_bundle("chest")  # no reasons: the order does not matter to it
+    pneumonia = valid_metadata("pneumonia-model")
+    pneumonia["clinic"]["routing"]["reasons"] = ["J18.9", "pneumonia", "Consolidation"]
+    root = make_bundle("pneumonia-model", metadata=pneumonia)
+    registry = ModelRegistry.from_directory(root.parent, device="cpu")
+
+    def ids(reason: str) -> list[str]:
+        return sorted(m.model_id for m in registry.select("CR", "CHEST", "PA", reason=reason))
+
+    assert ids("j18.9|") == ["chest", "pneumonia-model"]  # the code
+    assert ids("|r/o pneumonia, fever") == ["chest", "pneumonia-model"]  # a term in the text
+    assert ids("s22.3|rib fracture after a fall") == ["chest"]  # an order that gives another reason
+    assert ids("") == ["chest", "pneumonia-model"]  # no order: image rules alone, never skipped
+
+
+def test_bad_reasons_name_metadata_json(make_bundle: MakeBundle) -> None:
+    meta = valid_metadata("m")
+    meta["clinic"]["routing"]["reasons"] = "pneumonia"
+    with pytest.raises(BundleError, match=r"metadata\.json.*reasons"):
+        ModelRegistry.from_directory(make_bundle("m", metadata=meta).parent, device="cpu")
+
+
 def test_metadata_is_plain_json_not_parsed_as_config(make_bundle: MakeBundle) -> None:
     metadata = valid_metadata("test-bundle")
     metadata["authors"] = "someone@example.org"  # '@' inside metadata text is data, not a reference
