@@ -7,8 +7,8 @@ the way the worker reads it, stage by stage:
 - prepare: resampling to the working grid (2.5 × 1.4 × 1.4 mm) and the HU window;
 - forward: MONAI ``sliding_window_inference`` with ``sw_batch_size`` 1 and 2, split into the
   network's own calls and the rest (patch extraction, Gaussian blending);
-- postprocess: resampling the probability back to 512², threshold, connected components,
-  measurements.
+- postprocess: resampling the probability back to 512², threshold, connected components, the
+  lung-field rule, measurements.
 
 The total is load + prepare + forward (the bundle's ``sw_batch_size``) + postprocess; the share
 outside the network's forward pass is everything but the network's calls.
@@ -131,7 +131,7 @@ def run_device(model: Any, volume: Any, load_s: float, repeat: int) -> None:
         seconds, prob = median_seconds(run, repeat)
         forward[sw] = (seconds, statistics.median(nets))
         print(f"  sliding window sw_batch_size={sw}: {seconds:.2f} s (network calls {forward[sw][1]:.2f} s)")
-    post_s, out = median_seconds(lambda: model.postprocess(prob, volume), repeat)
+    post_s, out = median_seconds(lambda: model.postprocess(prob, volume, x), repeat)
     print(f"  postprocess: {post_s:.2f} s ({len(out.components)} components)")
     sw = model.volume_spec.sliding_window.sw_batch_size
     total = load_s + prepare_s + forward[sw][0] + post_s

@@ -69,6 +69,12 @@ def test_the_ct_bundle_reads_as_a_segmentation(make_ct_bundle: Callable[..., Pat
     assert volume.sliding_window.sw_batch_size == 2 and volume.sliding_window.mode == "gaussian"
     assert (volume.activation, volume.threshold, volume.connectivity) == ("sigmoid", 0.5, 3)
     assert volume.min_volume_mm3 == CFG.min_volume_mm3
+    assert volume.lung_field is not None
+    assert (volume.lung_field.air_below_hu, volume.lung_field.closing_mm, volume.lung_field.min_fraction) == (
+        -400.0,
+        12.0,
+        0.5,
+    )
     (finding,) = spec.findings
     assert (finding.code, finding.urgency, finding.urgent_from_diameter_mm) == ("lung_nodule", 1, 8.0)
     assert spec.is_synthetic and spec.disclaimer == "synthetic demo model — not for clinical use"
@@ -126,6 +132,8 @@ def _second_finding(inference: dict[str, Any], metadata: dict[str, Any]) -> None
         (_set("i.postprocessing.transforms.1.threshold", 0.0), "threshold"),
         (_set("i.postprocessing.transforms.0.sigmoid", False), "Activationsd"),
         (_set("i.postprocessing.transforms.2.connectivity", 6), "connectivity"),
+        (_set("i.lung_field.closing_mm", 0), "closing_mm"),
+        (_set("i.lung_field.min_fraction", "half"), "lung_field"),
         (_set("m.clinic.task", "detection"), "clinic.task"),
         (_second_finding, "exactly one finding"),
         (_set("m.clinic.findings.0.urgent_from_diameter_mm", -8), "urgent_from_diameter_mm"),

@@ -34,7 +34,7 @@ def test_values_are_whole_hounsfield_units_of_air_tissue_and_lung(phantom: CTPha
     assert np.median(v[:, :4, :4]) < -950  # air in the corner of the field of view
     lung = v[phantom.lungs & (phantom.labels == 0)]
     assert abs(float(np.median(lung)) - LUNG_HU) < 40
-    assert 0.05 < phantom.lungs.mean() < 0.35
+    assert 0.01 < phantom.lungs.mean() < 0.35  # a 60 mm slab: anywhere from the bases to the apices
     mid = v[v.shape[0] // 2]
     assert np.percentile(mid[~phantom.lungs[v.shape[0] // 2] & (mid > -500)], 50) == pytest.approx(40, abs=60)
     assert v.max() > 300  # bone: spine and ribs
