@@ -180,7 +180,12 @@ def measure(base: str, token: str, entries: int, rounds: int) -> tuple[list[floa
         "Prefer": "return=minimal",
     }
     with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
-        created = client.post("/Patient", json={"resourceType": "Patient", "gender": "female"})
+        patient = {
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:bench", "value": f"bench-{time.time_ns()}"}],
+            "gender": "female",
+        }  # a Patient is the platform's patient: it needs an identifier (422 otherwise)
+        created = client.post("/Patient", json=patient)
         created.raise_for_status()
         patient_id = created.headers["Location"].split("/Patient/")[1].split("/")[0]
         bodies = [json.dumps(transaction_bundle(patient_id, entries)).encode() for _ in range(rounds + 3)]
