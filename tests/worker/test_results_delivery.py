@@ -11,6 +11,7 @@ import datetime as dt
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -495,3 +496,54 @@ def test_a_disabled_destination_fails_the_delivery_until_replayed(
     (delivery,) = deliveries(session_factory)
     assert delivery.status == DeliveryStatus.FAILED and "does not receive results" in delivery.last_error
     assert peer.received == []
+
+
+@SQLITE_ONLY
+def test_sr_and_seg_of_a_ct_read_arrive_in_orthanc_in_the_same_study(
+    context: WorkerContext, session_factory: sessionmaker[Session], orthanc_factory: Any
+) -> None:
+    """Issue 3: the SR and the SEG of a CT read arrive back in the PACS (Orthanc) in the same study."""
+    orthanc = orthanc_factory()
+    settings = context.settings
+    base = dcmread(str(get_testdata_file("CT_small.dcm")))
+    study_uid, series_uid, frame = generate_uid(), generate_uid(), generate_uid()
+    uids: list[str] = []
+    for k in range(3):
+        ds = copy.deepcopy(base)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = k + 1
+        x, y, z = (float(v) for v in base.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, z + 5.0 * k]
+        ds.PatientID = "CT2"
+        study_id = store_dataset(settings, session_factory, ds)
+        uids.append(str(ds.SOPInstanceUID))
+    mask = np.zeros((3, int(base.Rows), int(base.Columns)), dtype=np.uint8)
+    mask[1, 40:60, 40:60] = 1
+    np.savez(settings.results_dir / "mask2.npz", mask=mask, sop_instance_uids=np.array(uids))
+    with unit_of_work(session_factory) as session:
+        add_ae(session, AEIn("ORTHANC", "127.0.0.1", orthanc.dicom_port, receives_results=True))
+        read = record_read(
+            session,
+            study_id,
+            None,
+            ReadIn(
+                "demo-ct",
+                "CT nodule demo",
+                "0.1.0",
+                uids[1],
+                True,
+                SYNTHETIC_DISCLAIMER,
+                findings=(FindingIn("lung_nodule", "Lung nodule", 0.8, 0.5, 1),),
+            ),
+        )
+        read.series_uid = series_uid
+        read.mask_path = "results/mask2.npz"
+        read_id = read.id
+
+    assert build_results(context, read_id) == "built"
+    for delivery in deliveries(session_factory):
+        assert deliver_result(context, delivery.id) == "success"
+    arrived = orthanc.instances_of_study(study_uid)
+    assert sorted(i["Modality"] for i in arrived) == ["SEG", "SR"]  # ours only: the CT was never sent
+    assert {i["StudyInstanceUID"] for i in arrived} == {study_uid}
