@@ -30,8 +30,9 @@ from sqlalchemy.orm import Session, selectinload
 from clinic.ai.models import AIRead
 from clinic.db import unit_of_work
 from clinic.fhirpush.models import FhirOutbound, PushOutcome
-from clinic.fhirpush.service import PUSH_TASK, backoff, claim, queue_push, record_attempt
+from clinic.fhirpush.service import PUSH_TASK, claim, queue_push, record_attempt
 from clinic.imaging.models import Series, Study
+from clinic.outbox.service import backoff
 from clinic.patients.models import Patient
 from clinic.settings import Settings
 from integrations.fhir.domain.diagnostic_report import report_body

@@ -33,13 +33,13 @@ from clinic.messages.outbound import (
     AttemptOutcome,
     OutboundStatus,
     ai_read_result,
-    backoff,
     claim,
     find_for_subject,
     new_control_id,
     queue_message,
     record_attempt,
 )
+from clinic.outbox.service import backoff
 from clinic.settings import ResultsTrigger, Settings
 from integrations.hl7v2.client import deliver
 from integrations.hl7v2.oru import MESSAGE_TYPE, build_ai_result

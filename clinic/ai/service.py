@@ -53,9 +53,7 @@ def _hand_out(session: Session, job: AnalysisJob, queue: str) -> None:
 
 def claim_job(session: Session, job_id: int, lease: dt.timedelta) -> AnalysisJob | None:
     """Take the job for this worker, or ``None`` if it is done or another worker holds its lease."""
-    job = session.scalars(
-        select(AnalysisJob).where(AnalysisJob.id == job_id).with_for_update()
-    ).one_or_none()
+    job = session.scalars(select(AnalysisJob).where(AnalysisJob.id == job_id).with_for_update()).one_or_none()
     if job is None or job.status in (JobStatus.DONE, JobStatus.FAILED):
         return None
     now = utcnow()

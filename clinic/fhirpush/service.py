@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from clinic.db import utcnow
 from clinic.fhirpush.models import FhirOutbound, FhirOutboundAttempt, PushOutcome, PushStatus
-from clinic.messages.outbound import DISPATCH_LEASE, backoff
+from clinic.messages.outbound import DISPATCH_LEASE
 from clinic.outbox import service as outbox
 
 #: Celery task name (``worker.fhir_tasks`` defines it) and its queue.
@@ -30,7 +30,7 @@ PUSH_QUEUE = "outbound"
 #: request timeout (``worker.fhir_tasks.PUSH_TIMEOUT_S``) with room to record the outcome.
 SEND_LEASE = dt.timedelta(seconds=90)
 
-__all__ = ["PushOutcome", "PushStatus", "backoff"]
+__all__ = ["PushOutcome", "PushStatus"]
 
 
 def queue_push(session: Session, resource_type: str, resource_id: str, url: str) -> FhirOutbound:

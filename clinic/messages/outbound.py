@@ -163,11 +163,6 @@ def claim(session: Session, outbound_id: int, token: int, now: dt.datetime | Non
     return Claimed(row.id, row.destination, row.control_id, row.raw, row.attempts, row.message_type)
 
 
-def backoff(attempts: int, base_seconds: float, cap_seconds: float) -> dt.timedelta:
-    """Delay before attempt *attempts* + 1: base, 2 x base, 4 x base, ... capped."""
-    return dt.timedelta(seconds=min(cap_seconds, base_seconds * 2 ** max(0, attempts - 1)))
-
-
 def record_attempt(
     session: Session,
     outbound_id: int,

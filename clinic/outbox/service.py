@@ -39,15 +39,23 @@ def mark_published(message: OutboxMessage) -> None:
     message.last_error = ""
 
 
+def backoff(attempts: int, base_s: float, cap_s: float) -> dt.timedelta:
+    """Delay after the *attempts*-th failed try: base, 2·base, 4·base, ... capped. One rule for
+    every retry of background work: publishing, result deliveries, HL7 and FHIR sends."""
+    return dt.timedelta(seconds=min(cap_s, base_s * 2.0 ** max(0, attempts - 1)))
+
+
 def mark_failed_attempt(message: OutboxMessage, error: str, backoff_cap_s: float = 30.0) -> None:
     """Record a failed publish and back off exponentially (0.5 s, 1 s, 2 s, ... capped)."""
     message.attempts += 1
     message.last_error = error[:2000]
-    delay = min(backoff_cap_s, 0.5 * 2 ** (message.attempts - 1))
-    message.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
+    message.next_attempt_at = utcnow() + backoff(message.attempts, 0.5, backoff_cap_s)
 
 
 def pending_count(session: Session) -> int:
-    return session.scalar(
-        select(func.count()).select_from(OutboxMessage).where(OutboxMessage.published_at.is_(None))
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.published_at.is_(None))
+        )
+        or 0
+    )

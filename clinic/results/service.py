@@ -89,11 +89,6 @@ def handout_lease(settings: Settings) -> dt.timedelta:
     return dt.timedelta(seconds=settings.job_pending_timeout_seconds)
 
 
-def backoff(attempts: int, base_s: float, cap_s: float) -> dt.timedelta:
-    """Delay after the *attempts*-th failed try: base, 2·base, 4·base, ... capped."""
-    return dt.timedelta(seconds=min(cap_s, base_s * 2.0 ** max(0, attempts - 1)))
-
-
 # --- building ------------------------------------------------------------------------------------
 
 
@@ -408,7 +403,7 @@ def finish_attempt(
         delivery.last_error = error[:4000]
     else:
         delivery.last_error = error[:4000]
-        delivery.next_attempt_at = now + backoff(delivery.attempts, backoff_s, backoff_cap_s)
+        delivery.next_attempt_at = now + outbox.backoff(delivery.attempts, backoff_s, backoff_cap_s)
     return delivery
 
 
