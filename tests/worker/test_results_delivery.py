@@ -247,14 +247,14 @@ def test_revision_references_its_predecessor(
 
 
 @SQLITE_ONLY
-def test_read_with_a_mask_gets_an_sr_and_a_seg(
-    context: WorkerContext, session_factory: sessionmaker[Session]
-) -> None:
-    """A 3D read (series UID + mask .npz): every instance of the series is a source; SR then SEG."""
-    settings = context.settings
+def ct_read_with_mask(
+    settings: Settings, session_factory: sessionmaker[Session], patient_id: str, code: str = "nodule"
+) -> tuple[int, str, list[str]]:
+    """A 3-slice CT series (pydicom's CT_small, 5 mm apart) with a read whose mask marks the middle
+    slice, as the 3D model leaves it: (read id, study UID, source SOP instance UIDs)."""
     base = dcmread(str(get_testdata_file("CT_small.dcm")))
     study_uid, series_uid, frame = generate_uid(), generate_uid(), generate_uid()
-    uids = []
+    uids: list[str] = []
     for k in range(3):
         ds = copy.deepcopy(base)
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame
@@ -262,12 +262,13 @@ def test_read_with_a_mask_gets_an_sr_and_a_seg(
         ds.InstanceNumber = k + 1
         x, y, z = (float(v) for v in base.ImagePositionPatient)
         ds.ImagePositionPatient = [x, y, z + 5.0 * k]
-        ds.PatientID = "CT1"
+        ds.PatientID = patient_id
         study_id = store_dataset(settings, session_factory, ds)
         uids.append(str(ds.SOPInstanceUID))
     mask = np.zeros((3, int(base.Rows), int(base.Columns)), dtype=np.uint8)
     mask[1, 40:60, 40:60] = 1
-    np.savez(settings.results_dir / "mask.npz", mask=mask, sop_instance_uids=np.array(uids))
+    mask_name = f"mask-{patient_id}.npz"
+    np.savez(settings.results_dir / mask_name, mask=mask, sop_instance_uids=np.array(uids))
     with unit_of_work(session_factory) as session:
         read = record_read(
             session,
@@ -280,12 +281,20 @@ def test_read_with_a_mask_gets_an_sr_and_a_seg(
                 uids[1],
                 True,
                 SYNTHETIC_DISCLAIMER,
-                findings=(FindingIn("nodule", "Nodule", 0.8, 0.5, 1),),
+                findings=(FindingIn(code, "Nodule", 0.8, 0.5, 1),),
             ),
         )
         read.series_uid = series_uid
-        read.mask_path = "results/mask.npz"
-        read_id = read.id
+        read.mask_path = f"results/{mask_name}"
+        return read.id, study_uid, uids
+
+
+def test_read_with_a_mask_gets_an_sr_and_a_seg(
+    context: WorkerContext, session_factory: sessionmaker[Session]
+) -> None:
+    """A 3D read (series UID + mask .npz): every instance of the series is a source; SR then SEG."""
+    settings = context.settings
+    read_id, study_uid, uids = ct_read_with_mask(settings, session_factory, "CT1")
 
     assert build_results(context, read_id) == "built"
     with unit_of_work(session_factory) as session:
@@ -504,42 +513,9 @@ def test_sr_and_seg_of_a_ct_read_arrive_in_orthanc_in_the_same_study(
 ) -> None:
     """Issue 3: the SR and the SEG of a CT read arrive back in the PACS (Orthanc) in the same study."""
     orthanc = orthanc_factory()
-    settings = context.settings
-    base = dcmread(str(get_testdata_file("CT_small.dcm")))
-    study_uid, series_uid, frame = generate_uid(), generate_uid(), generate_uid()
-    uids: list[str] = []
-    for k in range(3):
-        ds = copy.deepcopy(base)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.InstanceNumber = k + 1
-        x, y, z = (float(v) for v in base.ImagePositionPatient)
-        ds.ImagePositionPatient = [x, y, z + 5.0 * k]
-        ds.PatientID = "CT2"
-        study_id = store_dataset(settings, session_factory, ds)
-        uids.append(str(ds.SOPInstanceUID))
-    mask = np.zeros((3, int(base.Rows), int(base.Columns)), dtype=np.uint8)
-    mask[1, 40:60, 40:60] = 1
-    np.savez(settings.results_dir / "mask2.npz", mask=mask, sop_instance_uids=np.array(uids))
     with unit_of_work(session_factory) as session:
         add_ae(session, AEIn("ORTHANC", "127.0.0.1", orthanc.dicom_port, receives_results=True))
-        read = record_read(
-            session,
-            study_id,
-            None,
-            ReadIn(
-                "demo-ct",
-                "CT nodule demo",
-                "0.1.0",
-                uids[1],
-                True,
-                SYNTHETIC_DISCLAIMER,
-                findings=(FindingIn("lung_nodule", "Lung nodule", 0.8, 0.5, 1),),
-            ),
-        )
-        read.series_uid = series_uid
-        read.mask_path = "results/mask2.npz"
-        read_id = read.id
+    read_id, study_uid, _ = ct_read_with_mask(context.settings, session_factory, "CT2", code="lung_nodule")
 
     assert build_results(context, read_id) == "built"
     for delivery in deliveries(session_factory):
