@@ -42,7 +42,7 @@ CT_MODEL_ID = "ct-nodule-demo"
 CT_MODEL_NAME = "Lung nodule segmentation (demo)"
 CT_MODEL_VERSION = "0.1.0"
 #: Bump when the phantoms or the training change: ct_bundle_exists() then says the bundle is stale.
-RECIPE = "ct-nodule-demo-r1"
+RECIPE = "ct-nodule-demo-r2"
 FINDING_CODE = "lung_nodule"
 FINDING_LABEL = "Lung nodule"
 #: (z, y, x) mm. The slices keep a usual 2.5 mm; in-plane 1.4 mm still gives an 8 mm nodule a
