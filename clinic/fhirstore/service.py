@@ -88,7 +88,8 @@ class NewResource:
     resource_type: str
     logical_id: str
     body: dict[str, Any]
-    index: Sequence[IndexEntry] = field(default_factory=tuple)
+    #: None: not computed yet (the provider computes it if it stores this body as given).
+    index: Sequence[IndexEntry] | None = field(default_factory=tuple)
     #: "PUT" when an update creates the resource (update as create).
     method: str = "POST"
 
@@ -300,7 +301,9 @@ def _insert_rows(
         insert(_RESOURCES).returning(_RESOURCES.c.id, sort_by_parameter_order=True), rows
     )
     pks = list(result.scalars())
-    index = [r for i, pk in zip(items, pks, strict=True) for r in _index_rows(i.resource_type, pk, i.index)]
+    index = [
+        r for i, pk in zip(items, pks, strict=True) for r in _index_rows(i.resource_type, pk, i.index or ())
+    ]
     if index:
         session.execute(insert(_INDEX), index)
     return pks
@@ -336,7 +339,7 @@ def _copy_rows(
                     copy.write_row((pk, i.resource_type, i.logical_id, 1, now, c, i.method))
             with cursor.copy(_COPY_INDEX) as copy:
                 for pk, i in zip(pks, items, strict=True):
-                    for e in i.index:
+                    for e in i.index or ():
                         copy.write_row(
                             (
                                 pk,

@@ -27,7 +27,7 @@ from integrations.fhir.outcome import FhirError, IssueType, bad_request, precond
 from integrations.fhir.providers import NewResource, StoredResource
 from integrations.fhir.responses import Return, bundle_text, etag, searchset, splice, status_line
 from integrations.fhir.scopes import Access
-from integrations.fhir.search import SearchRequest, index_entries, parse_search
+from integrations.fhir.search import SearchRequest, parse_search
 from integrations.fhir.validation import CheckedResource, ReferenceSite, check_envelope
 
 #: Checks that the caller may do *access* on a type; raises a 403 FhirError otherwise.
@@ -194,10 +194,9 @@ def _write(ix: Interactions, session: Session, writes: list[Entry]) -> None:
     # Patients first: their provider assigns the domain id (not the one _resolve chose), and the
     # references of the entries written after them are moved to it.
     for resource_type, group in sorted(creates.items(), key=lambda kv: kv[0] != "Patient"):
+        # Index entries are left to the provider: a domain type indexes its own projection.
         items = [
-            NewResource(
-                resource_type, str(e.logical_id), e.checked.body, index_entries(resource_type, e.checked.body)
-            )
+            NewResource(resource_type, str(e.logical_id), e.checked.body, index=None)
             for e in group
             if e.checked is not None
         ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from clinic.fhirstore import service as store
 from clinic.fhirstore.service import IndexEntry, NewResource, StoredResource, VersionConflictError
 from integrations.fhir.resources import SERVED_TYPES
-from integrations.fhir.search import SearchRequest
+from integrations.fhir.search import SearchRequest, index_entries
 
 __all__ = [
     "IndexEntry",
@@ -129,7 +129,11 @@ class StoredProvider(ResourceProvider):
         return store.existing_ids(session, self.resource_type, logical_ids)
 
     def create(self, session: Session, items: Sequence[NewResource]) -> list[StoredResource]:
-        return store.create_many(session, items)
+        indexed = [
+            i if i.index is not None else replace(i, index=index_entries(i.resource_type, i.body))
+            for i in items
+        ]
+        return store.create_many(session, indexed)
 
     def update(
         self,

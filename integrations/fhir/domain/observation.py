@@ -9,14 +9,17 @@ Observations created through FHIR that are not domain rows stay generic-stored (
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from clinic.fhirstore import service as store
 from clinic.observations.models import Observation, VitalSign
-from clinic.observations.service import ObservationIn, record_observations
+from clinic.observations.service import ObservationIn, natural_key, upsert_observations
 from clinic.patients.models import Patient
 from integrations.fhir.domain.base import (
     LOINC,
@@ -29,6 +32,7 @@ from integrations.fhir.domain.base import (
 )
 from integrations.fhir.outcome import unprocessable
 from integrations.fhir.providers import NewResource, StoredResource
+from integrations.fhir.search import index_entries
 
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 MDC = "urn:iso:std:iso:11073:10101"
@@ -125,11 +129,11 @@ def effective_instant(body: dict[str, Any]) -> dt.datetime | None:
     return moment.astimezone(dt.UTC) if moment.tzinfo is not None else None
 
 
-def observation_in(session: Session, body: dict[str, Any], vital: VitalSign, loinc: str) -> ObservationIn:
-    """The domain observation of a vital-signs Observation; 422 unless its subject is a patient."""
-    subject = (body.get("subject") or {}).get("reference", "")
-    kind, _, ident = subject.partition("/")
-    if kind != "Patient" or not ident.isdigit() or session.get(Patient, int(ident)) is None:
+def observation_in(body: dict[str, Any], vital: VitalSign, loinc: str, patients: set[int]) -> ObservationIn:
+    """The domain observation of a vital-signs Observation; 422 unless its subject is one of
+    *patients* (the patients of this server the batch names)."""
+    ident = subject_id(body)
+    if ident is None or ident not in patients:
         raise unprocessable("a vital sign's subject must be a Patient of this server", "Observation.subject")
     quantity = body.get("valueQuantity") or {}
     concept = body.get("valueCodeableConcept") or {}
@@ -140,7 +144,7 @@ def observation_in(session: Session, body: dict[str, Any], vital: VitalSign, loi
     )
     code_text = (body.get("code") or {}).get("text") or VITAL_LOINC.get(vital, ("", ""))[1]
     return ObservationIn(
-        patient_id=int(ident),
+        patient_id=ident,
         source_code=loinc,
         observed_at=effective_instant(body) or dt.datetime.now(dt.UTC),
         code=str(vital),
@@ -153,6 +157,12 @@ def observation_in(session: Session, body: dict[str, Any], vital: VitalSign, loi
         status=body.get("status", "final"),
         source="fhir",
     )
+
+
+def subject_id(body: dict[str, Any]) -> int | None:
+    """The patient id of ``subject`` when it is a ``Patient/<number>`` reference."""
+    kind, _, ident = ((body.get("subject") or {}).get("reference") or "").partition("/")
+    return int(ident) if kind == "Patient" and ident.isdigit() else None
 
 
 class ObservationProvider(ProjectedProvider):
@@ -180,30 +190,61 @@ class ObservationProvider(ProjectedProvider):
         super().__init__("Observation")
 
     def create(self, session: Session, items: Sequence[NewResource]) -> list[StoredResource]:
+        """Generic Observations through the store; vital signs as domain rows, written for the
+        whole batch at once: one query for their patients, one upsert that returns the rows, and
+        their projections created together (a transaction of 100 vital signs is a handful of
+        statements, not a few per entry)."""
         vitals = [None if i.method == "PUT" else vital_sign(i.body) for i in items]
-        stored_generic = iter(
-            super().create(session, [i for i, v in zip(items, vitals, strict=True) if v is None])
+        generic = iter(super().create(session, [i for i, v in zip(items, vitals, strict=True) if v is None]))
+        domain = [(item, found) for item, found in zip(items, vitals, strict=True) if found is not None]
+        projected = iter(self._create_vitals(session, domain))
+        return [next(generic) if found is None else next(projected) for found in vitals]
+
+    def _create_vitals(
+        self, session: Session, domain: list[tuple[NewResource, tuple[VitalSign, str]]]
+    ) -> list[StoredResource]:
+        if not domain:
+            return []
+        named = {i for i in (subject_id(item.body) for item, _ in domain) if i is not None}
+        patients = set(session.scalars(select(Patient.id).where(Patient.id.in_(named)))) if named else set()
+        wanted = [observation_in(item.body, vital, loinc, patients) for item, (vital, loinc) in domain]
+        by_key = upsert_observations(session, wanted)
+        upserted = [by_key[natural_key(obs)] for obs in wanted]
+        written = [w.row for w in upserted]
+        ids = [str(row.id) for row in written]
+        # A row this statement inserted has no projection yet (nobody else can see it): only the
+        # updated ones, or all where the database does not say, are looked up.
+        maybe = [lid for lid, w in zip(ids, upserted, strict=True) if not w.inserted]
+        current = (
+            {s.logical_id for s in store.get_many(session, self.resource_type, maybe)} if maybe else set()
         )
+        extras = [self.extras(item.body) for item, _ in domain]
+        # The common case, a row seen for the first time, once in this Bundle: created together.
+        once = Counter(ids)
+        first = [n for n, lid in enumerate(ids) if lid not in current and once[lid] == 1]
+        results: dict[int, StoredResource] = {}
+        if first:
+            bodies = [
+                {
+                    "resourceType": self.resource_type,
+                    "id": ids[n],
+                    **observation_body(written[n]),
+                    **extras[n],
+                }
+                for n in first
+            ]
+            new = [
+                store.NewResource(self.resource_type, ids[n], body, index_entries(self.resource_type, body))
+                for n, body in zip(first, bodies, strict=True)
+            ]
+            try:
+                with session.begin_nested():
+                    results.update(zip(first, store.create_many(session, new), strict=True))
+            except IntegrityError:  # projected meanwhile by a concurrent read: one by one below
+                pass
         stored = []
-        for item, found in zip(items, vitals, strict=True):
-            if found is None:
-                stored.append(next(stored_generic))
-                continue
-            vital, loinc = found
-            obs = observation_in(session, item.body, vital, loinc)
-            record_observations(session, [obs])
-            row = session.scalars(
-                select(Observation)
-                .where(
-                    Observation.patient_id == obs.patient_id,
-                    Observation.source_system == obs.source_system,
-                    Observation.source_code == obs.source_code,
-                    Observation.observed_at == obs.observed_at,
-                    Observation.device == obs.device[:128],
-                )
-                .execution_options(populate_existing=True)
-            ).one()
-            result = self.project(session, str(row.id), observation_body(row), self.extras(item.body))
+        for n, (lid, row) in enumerate(zip(ids, written, strict=True)):
+            result = results.get(n) or self.project(session, lid, observation_body(row), extras[n])
             assert result is not None
             stored.append(result)
         return stored

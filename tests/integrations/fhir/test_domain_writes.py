@@ -156,6 +156,49 @@ def test_transaction_patient_and_vitals_reach_the_domain(sqlite_server: FhirServ
         assert [(r.code, r.value, r.source) for r in rows] == [(VitalSign.HEART_RATE, 118.0, "fhir")]
 
 
+def test_transaction_of_vitals_written_together(any_server: FhirServer) -> None:
+    """A Bundle of vital signs is written as one batch: new rows, a repeat of a stored
+    observation (updates it, same id, next version), the same observation twice in the Bundle
+    (one row), and an Observation that is no vital sign (generic) keep their entry order."""
+
+    def post(resource: dict[str, object]) -> dict[str, object]:
+        return {"resource": resource, "request": {"method": "POST", "url": "Observation"}}
+
+    with any_server.client() as client:
+        pid = client.post("/Patient", json=patient(unique("mrn"))).json()["id"]
+        earlier = client.post("/Observation", json=vital(pid, "9279-1", 14, when="2024-03-01T09:00:00Z"))
+        assert earlier.status_code == 201
+        times = [f"2024-03-01T10:{m:02d}:00Z" for m in range(5)]
+        lab = vital(pid, "2345-7", 5.4, "mmol/L") | {
+            "category": [{"coding": [{"system": CATEGORY, "code": "laboratory"}]}]
+        }
+        entries = [post(vital(pid, "8867-4", 70 + n, when=t)) for n, t in enumerate(times)]
+        entries += [
+            post(vital(pid, "9279-1", 22, when="2024-03-01T09:00:00Z")),  # the stored one, corrected
+            post(lab),
+            post(vital(pid, "59408-5", 93, "%", when=times[0])),
+            post(vital(pid, "59408-5", 94, "%", when=times[0])),  # the same key again: the last wins
+        ]
+        response = client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        assert response.status_code == 200, response.text
+        results = [e["resource"] for e in response.json()["entry"]]
+        assert [r["valueQuantity"]["value"] for r in results[:5]] == [70, 71, 72, 73, 74]
+        assert results[5]["id"] == earlier.json()["id"] and results[5]["meta"]["versionId"] == "2"
+        assert results[5]["valueQuantity"]["value"] == 22
+        assert not results[6]["id"].isdigit()
+        assert results[7]["id"] == results[8]["id"]
+        assert all(r["id"].isdigit() for i, r in enumerate(results) if i != 6)
+        found = client.get("/Observation", params={"patient": pid, "code": f"{LOINC}|8867-4"}).json()
+        assert sorted(e["resource"]["id"] for e in found["entry"]) == sorted(r["id"] for r in results[:5])
+    with any_server.factory() as session:
+        rows = session.scalars(select(Observation).where(Observation.patient_id == int(pid))).all()
+        by_code = sorted((r.code, r.value) for r in rows)
+        assert by_code == sorted(
+            [(VitalSign.HEART_RATE, 70.0 + n) for n in range(5)]
+            + [(VitalSign.RESPIRATORY_RATE, 22.0), (VitalSign.SPO2, 94.0)]
+        )
+
+
 def test_views_of_platform_records_are_read_only(sqlite_server: FhirServer) -> None:
     stored = store_cxr(sqlite_server.settings, sqlite_server.factory, patient=unique("cxr"))
     add_read(
