@@ -67,14 +67,16 @@ def vital_sign(patient_id: str, n: int, base_time: float = 1_704_067_200.0) -> d
     }
 
 
-def transaction_bundle(patient_id: str, entries: int) -> dict[str, Any]:
+def transaction_bundle(patient_id: str, entries: int, round_no: int = 0) -> dict[str, Any]:
+    """*entries* new vital signs: each round's are taken at other times (a monitor's next
+    readings), so that every round ingests new observations rather than re-posting the last."""
     return {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
             {
                 "fullUrl": f"urn:uuid:{uuid.uuid4()}",
-                "resource": vital_sign(patient_id, n),
+                "resource": vital_sign(patient_id, round_no * entries + n),
                 "request": {"method": "POST", "url": "Observation"},
             }
             for n in range(entries)
@@ -128,19 +130,20 @@ def admin_token(url: str, data_dir: Path) -> str:
 
 @contextmanager
 def server(url: str, data_dir: Path) -> Iterator[str]:
-    """The platform's app under uvicorn in a subprocess; its FHIR base URL."""
+    """The platform's HTTP component (``clinicctl.serve``, as ``clinic up`` runs it) in a
+    subprocess; its FHIR base URL."""
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = (
-        "import sys, uvicorn; sys.path.insert(0, sys.argv[1]);"
+    code = (  # the HTTP component exactly as ``clinic up`` runs it
+        "import sys; sys.path.insert(0, sys.argv[1]);"
         "from pathlib import Path; from clinic.settings import Settings, Environment;"
-        "from clinicctl.webapp import build_app;"
+        "from clinicctl.serve import serve;"
         "s = Settings(data_dir=Path(sys.argv[3]), database_url=sys.argv[2], environment=Environment.TEST,"
-        " secret_key=sys.argv[5]);"
-        "uvicorn.run(build_app(s), host='127.0.0.1', port=int(sys.argv[4]), log_level='warning')"
+        " secret_key=sys.argv[5], http_host='127.0.0.1', http_port=int(sys.argv[4]));"
+        "serve(s, 'http')"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", code, str(REPO_ROOT), url, str(data_dir), str(port), SECRET]
@@ -188,7 +191,7 @@ def measure(base: str, token: str, entries: int, rounds: int) -> tuple[list[floa
         created = client.post("/Patient", json=patient)
         created.raise_for_status()
         patient_id = created.headers["Location"].split("/Patient/")[1].split("/")[0]
-        bodies = [json.dumps(transaction_bundle(patient_id, entries)).encode() for _ in range(rounds + 3)]
+        bodies = [json.dumps(transaction_bundle(patient_id, entries, r)).encode() for r in range(rounds + 3)]
         ingest, bare = [], []
         for n, body in enumerate(bodies):
             validated = bare_seconds(body)

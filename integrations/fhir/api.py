@@ -36,6 +36,7 @@ from integrations.fhir.domain import domain_registry
 from integrations.fhir.interactions import ClaimConflictError, Interactions, WriteResult
 from integrations.fhir.outcome import FhirError, Issue, IssueType, bad_request, error, not_found
 from integrations.fhir.providers import ProviderRegistry
+from integrations.fhir.resources import load_models
 from integrations.fhir.responses import (
     Preferences,
     error_response,
@@ -311,6 +312,7 @@ def make_router(registry: ProviderRegistry | None = None) -> APIRouter:
     rest: :func:`integrations.fhir.domain.domain_registry`)."""
     api = FhirApi(registry or domain_registry())
     router = APIRouter(prefix=PREFIX, tags=["fhir"])
+    load_models()
 
     @router.get("/metadata")
     async def metadata(request: Request) -> Response:

@@ -44,6 +44,13 @@ def model_class(resource_type: str) -> Any | None:
         return None
 
 
+def load_models() -> None:
+    """Import the models of the served types (and Bundle, OperationOutcome) now, at start-up,
+    rather than on the first request that names each type."""
+    for resource_type in (*SERVED_TYPES, "Bundle", "OperationOutcome"):
+        model_class(resource_type)
+
+
 def _codes(*values: str) -> frozenset[str]:
     return frozenset(values)
 
