@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     hl7_default_charset: str = "ASCII"
     #: Larger messages are answered AR and not stored (an ORU with an embedded PDF can be MBs).
     hl7_max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: An MLLP connection silent this long is closed (senders reconnect; half-open sockets freed).
+    hl7_idle_timeout_s: float = Field(default=600.0, gt=0)
     #: TLS for the MLLP listener: both set, or neither (plain TCP).
     hl7_tls_cert: Path | None = None
     hl7_tls_key: Path | None = None

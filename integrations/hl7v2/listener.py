@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -36,7 +38,7 @@ from sqlalchemy import Engine
 
 from clinic.db import make_engine
 from clinic.messages.models import MessageStatus
-from clinic.messages.service import Arrival
+from clinic.messages.service import Arrival, Recorded
 from clinic.settings import Settings
 from integrations.hl7v2.ack import HL7APY_VERSIONS, accept_response, build_ack
 from integrations.hl7v2.codec import (
@@ -59,7 +61,7 @@ from integrations.hl7v2.errors import (
     UnsupportedProcessingIdError,
     UnsupportedVersionError,
 )
-from integrations.hl7v2.mllp import Frame, FrameReader, OversizeFrame, frame
+from integrations.hl7v2.mllp import Frame, FrameReader, frame
 from integrations.hl7v2.store import GroupCommitter, poll_for_the_write_lock
 
 log = logging.getLogger(__name__)
@@ -76,9 +78,8 @@ DOOR_REQUIRED: dict[str, tuple[str, ...]] = {
 }
 #: Processing ids (table 0103): production, debugging, training.
 PROCESSING_IDS = frozenset({"P", "D", "T"})
-#: A connection silent this long is closed (senders reconnect; a half-open socket is freed).
+#: A connection silent this long is closed (``hl7_idle_timeout_s`` in the settings).
 IDLE_TIMEOUT_S = 600.0
-READ_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +215,138 @@ def _describe(error: HL7Error) -> str:
     return f"{error.code.value} {error.code.text}{where}: {error.reason}"
 
 
+#: A connection whose unanswered messages reach this many stops being read until they are
+#: answered (a sender that streams without reading its ACKs cannot grow our memory without bound).
+MAX_UNANSWERED = 1000
+
+
+class _Slot:
+    """One message of a connection, from its arrival until its answer is written (in order)."""
+
+    __slots__ = ("verdict", "response", "done")
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
+        self.response = verdict.response
+        self.done = verdict.arrival is None  # nothing to store: answered at once
+
+
+class Connection(asyncio.Protocol):
+    """One MLLP connection: blocks in, verdicts, arrivals to the group committer, answers out in
+    arrival order as their transactions end.
+
+    An :class:`asyncio.Protocol` rather than streams: no task, future or timeout object per
+    message; the committer calls :meth:`_stored` right after the commit and the answer is written
+    there (measured with 8 senders: the stream version spent ~40 µs per message in asyncio's
+    stream, future and timeout machinery)."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.door = listener.door
+        self.committer = listener.committer
+        self.frames = FrameReader(listener.door.max_bytes)
+        self.slots: deque[_Slot] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.last_active = 0.0
+        self.paused = False
+
+    # --- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        address = transport.get_extra_info("peername") or ("?", 0)
+        self.peer = f"{address[0]}:{address[1]}"[:64]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stall on ACKs
+        self.last_active = self.listener.now()
+        self.listener.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self.listener.now()
+        try:
+            blocks = self.frames.feed(data)
+        except FramingError as exc:
+            log.warning("MLLP peer %s: %s; closing the connection", self.peer, exc)
+            self.close()
+            return
+        door, peer = self.door, self.peer
+        for block in blocks:
+            if isinstance(block, Frame):
+                verdict = door.admit(block.payload, peer)
+            else:
+                verdict = door.oversize(block.head, block.size, peer)
+            if verdict.reason:
+                log.info("HL7 from %s refused: %s", peer, verdict.reason)
+            slot = _Slot(verdict)
+            self.slots.append(slot)
+            if verdict.arrival is not None:
+                self.committer.submit(verdict.arrival, self, functools.partial(self._stored, slot))
+        self._flush()
+        if len(self.slots) >= MAX_UNANSWERED and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; answers still due are lost with the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.frames.in_block:
+            log.warning("MLLP peer %s dropped the connection mid-message; nothing stored", self.peer)
+        elif exc is not None:
+            log.info("MLLP peer %s: %s", self.peer, type(exc).__name__)
+        self.listener.connections.discard(self)
+        self.committer.forget(self)
+        self.transport = None
+
+    def pause_writing(self) -> None:  # the peer does not read its answers: stop reading too
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.paused:
+            self.transport.resume_reading()
+
+    # --- answers -----------------------------------------------------------------------------
+
+    def _stored(self, slot: _Slot, recorded: Recorded | None, error: StoreUnavailableError | None) -> None:
+        verdict = slot.verdict
+        if recorded is not None:
+            slot.response = recorded.ack
+            if recorded.duplicate:
+                log.info(
+                    "HL7 repeat of message %d from %s (%s); stored answer sent again",
+                    recorded.message_id, self.peer, verdict.arrival.control_id[:40],  # type: ignore[union-attr]
+                )  # fmt: skip
+        elif error is not None:
+            code = accept_response(verdict.header, error)
+            slot.response = build_ack(verdict.header, code, error, codec=verdict.codec) if code else b""
+        slot.done = True
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write the answers due, in arrival order (a stored message's answer waits for its
+        commit, and so do the answers of the messages after it)."""
+        slots = self.slots
+        out = []
+        while slots and slots[0].done:
+            response = slots.popleft().response
+            if response:
+                out.append(frame(response))
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.paused and len(slots) < MAX_UNANSWERED // 2 and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 class Listener:
     """The asyncio MLLP server. Build it, ``await start()``, ``await stop()``."""
 
@@ -233,89 +366,41 @@ class Listener:
         self.port = port
         self.ssl_context = ssl_context
         self.idle_timeout = idle_timeout
+        self.connections: set[Connection] = set()
+        self.now: Callable[[], float] = time.monotonic
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.now = loop.time
         self.committer.start()
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, ssl=self.ssl_context, limit=READ_CHUNK, backlog=256
+        self._server = await loop.create_server(
+            lambda: Connection(self), self.host, self.port, ssl=self.ssl_context, backlog=256
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = loop.create_task(self._close_idle(), name="mllp-idle-sweeper")
         log.info("MLLP listener on %s:%d%s", self.host, self.port, " (TLS)" if self.ssl_context else "")
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for writer in list(self._connections):
-            writer.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in list(self.connections):
+            connection.close()
         await self.committer.stop()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        address = writer.get_extra_info("peername") or ("?", 0)
-        peer = f"{address[0]}:{address[1]}"[:64]
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stall on ACKs
-        self._connections.add(writer)
-        frames = FrameReader(self.door.max_bytes)
-        try:
-            while True:
-                # asyncio.timeout, not wait_for: wait_for wraps every read in a new task.
-                async with asyncio.timeout(self.idle_timeout):
-                    data = await reader.read(READ_CHUNK)
-                if not data:
-                    if frames.in_block:
-                        log.warning("MLLP peer %s dropped the connection mid-message; nothing stored", peer)
-                    return
-                blocks = frames.feed(data)
-                if blocks:
-                    await self._answer(blocks, peer, writer)
-        except FramingError as exc:
-            log.warning("MLLP peer %s: %s; closing the connection", peer, exc)
-        except TimeoutError:
-            log.info("MLLP peer %s idle for %.0f s; closing", peer, self.idle_timeout)
-        except (ConnectionError, ssl.SSLError) as exc:
-            log.info("MLLP peer %s: %s", peer, type(exc).__name__)
-        finally:
-            self._connections.discard(writer)
-            self.committer.forget(writer)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _answer(
-        self, blocks: list[Frame | OversizeFrame], peer: str, writer: asyncio.StreamWriter
-    ) -> None:
-        """Store the blocks of one read together, then answer each in order."""
-        door = self.door
-        verdicts = [
-            door.admit(b.payload, peer) if isinstance(b, Frame) else door.oversize(b.head, b.size, peer)
-            for b in blocks
-        ]
-        pending = [
-            self.committer.submit(v.arrival, writer) if v.arrival is not None else None for v in verdicts
-        ]
-        for verdict, future in zip(verdicts, pending, strict=True):
-            response = verdict.response
-            if future is not None:
-                try:
-                    recorded = await future
-                    response = recorded.ack
-                    if recorded.duplicate:
-                        log.info(
-                            "HL7 repeat of message %d from %s (%s); stored answer sent again",
-                            recorded.message_id, peer, verdict.arrival.control_id[:40],  # type: ignore[union-attr]
-                        )  # fmt: skip
-                except StoreUnavailableError as exc:
-                    code = accept_response(verdict.header, exc)
-                    response = build_ack(verdict.header, code, exc, codec=verdict.codec) if code else b""
-            if verdict.reason:
-                log.info("HL7 from %s refused: %s", peer, verdict.reason)
-            if response:
-                writer.write(frame(response))
-        await writer.drain()
+    async def _close_idle(self) -> None:
+        """Close connections silent for ``idle_timeout`` (senders reconnect; a half-open socket is
+        freed), looking a few times per timeout instead of arming a timer per read."""
+        interval = max(0.05, min(self.idle_timeout / 4, 30.0))
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = self.now() - self.idle_timeout
+            for connection in [c for c in self.connections if c.last_active < cutoff and not c.slots]:
+                log.info("MLLP peer %s idle for %.0f s; closing", connection.peer, self.idle_timeout)
+                connection.close()
 
 
 def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -350,6 +435,7 @@ def build_listener(
         host=settings.mllp_host,
         port=settings.mllp_port if port is None else port,
         ssl_context=server_ssl_context(settings),
+        idle_timeout=settings.hl7_idle_timeout_s,
     )
 
 

@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,6 +267,39 @@ def test_oversized_message_gets_ar_and_the_connection_goes_on(
     big_row, after = _rows(sqlite_store)
     assert big_row.status == MessageStatus.REJECTED and len(big_row.raw) < len(big)
     assert after.status == MessageStatus.RECEIVED
+
+
+def test_pipelined_messages_are_answered_in_order(
+    sqlite_listener: RunningListener, sqlite_store: sessionmaker[Session]
+) -> None:
+    """A sender that writes 40 messages at once, refused ones among them, gets 40 answers in its
+    own order: a refusal (answered without a commit) never overtakes a stored message's ACK."""
+    messages = [adt_a01(f"PIPE-{n}") if n % 7 else adt_a01(f"PIPE-{n}", version="9.9") for n in range(40)]
+    with connect(sqlite_listener.port) as client:
+        client.send_raw(b"".join(frame(m) for m in messages))
+        answers = [msa(client.receive()) for _ in messages]
+    assert answers == [(("AA" if n % 7 else "AR"), f"PIPE-{n}") for n in range(40)]
+    stored = {r.control_id: r.status for r in _rows(sqlite_store)}
+    assert len(stored) == 40
+    assert all(
+        status == (MessageStatus.RECEIVED if int(cid.split("-")[1]) % 7 else MessageStatus.REJECTED)
+        for cid, status in stored.items()
+    )
+
+
+def test_an_idle_connection_is_closed_and_others_go_on(settings: Settings) -> None:
+    running = start_listener_thread(_listener_settings(settings, hl7_idle_timeout_s=0.3), SUPPORTED)
+    try:
+        with connect(running.port) as idle, connect(running.port) as busy:
+            assert msa(idle.send(adt_a01("IDLE-1"))) == ("AA", "IDLE-1")
+            for n in range(8):  # 0.8 s of traffic on the other connection keeps it open
+                assert msa(busy.send(adt_a01(f"BUSY-{n}"))) == ("AA", f"BUSY-{n}")
+                time.sleep(0.1)
+            with pytest.raises(ConnectionError):
+                idle.receive()
+            assert msa(busy.send(adt_a01("BUSY-LAST"))) == ("AA", "BUSY-LAST")
+    finally:
+        running.stop()
 
 
 def test_bytes_that_cannot_be_framed_close_the_connection(
