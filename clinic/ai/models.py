@@ -67,7 +67,7 @@ class AIRead(Base):
     mask_path: Mapped[str] = mapped_column(String(400), default="")
     device: Mapped[str] = mapped_column(String(32), default="cpu")
     inference_ms: Mapped[float] = mapped_column(Float, default=0.0)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
     findings: Mapped[list[AIFinding]] = relationship(
         back_populates="read", order_by="AIFinding.id", cascade="all, delete-orphan", lazy="selectin"

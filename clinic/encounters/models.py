@@ -44,4 +44,4 @@ class Encounter(Base):
     admitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     discharged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -32,8 +32,8 @@ class Study(Base):
     order_priority: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[ReceiveStatus] = mapped_column(String(16), default=ReceiveStatus.RECEIVING)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None, index=True)
     #: Fetched from a PACS as a prior of another study: shown to the radiologist, never analysed.
     is_prior: Mapped[bool] = mapped_column(Boolean, default=False)
 

@@ -62,4 +62,4 @@ class Observation(Base):
     #: Where it came from: "hl7v2", "fhir", ...; and the inbound message id when HL7.
     source: Mapped[str] = mapped_column(String(16), default="hl7v2")
     message_id: Mapped[int | None] = mapped_column(ForeignKey("hl7_messages.id"), default=None)
-    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -53,4 +53,4 @@ class ImagingOrder(Base):
     status: Mapped[OrderStatus] = mapped_column(String(24), default=OrderStatus.ACTIVE)
     ordered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

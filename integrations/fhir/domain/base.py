@@ -21,6 +21,7 @@ from sqlalchemy import Select, String, cast, or_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from clinic.db import utcnow
 from clinic.fhirstore import service as store
 from clinic.fhirstore.models import FhirResource
 from integrations.fhir.outcome import FhirError, Issue, IssueType
@@ -43,14 +44,29 @@ def instant(moment: dt.datetime | None) -> str | None:
     return store.instant(moment) if moment is not None else None
 
 
-def outdated(query: Select[Any], id_column: Any, changed: Sequence[Any], resource_type: str) -> Select[Any]:
+def outdated(
+    query: Select[Any],
+    id_column: Any,
+    changed: Sequence[Any],
+    resource_type: str,
+    since: dt.datetime | None = None,
+) -> Select[Any]:
     """*query* narrowed to rows with no projection of *resource_type*, or one older than any of
-    the *changed* timestamp columns."""
+    the *changed* timestamp columns; only rows changed at or after *since* when given (each
+    ``changed`` column is indexed: the look-up reads the recent rows, not the whole table)."""
+    if since is not None:
+        query = query.where(or_(*(c >= since for c in changed)))
     joined = query.outerjoin(
         FhirResource,
         (FhirResource.resource_type == resource_type) & (FhirResource.logical_id == cast(id_column, String)),
     )
     return joined.where(or_(FhirResource.id.is_(None), *(FhirResource.last_updated < c for c in changed)))
+
+
+#: A sync looks again at rows changed this long before the last sync that found nothing to do:
+#: longer than any writer's transaction (a row is stamped when written and seen when committed)
+#: and any clock difference between the platform's processes.
+SYNC_MARGIN = dt.timedelta(minutes=10)
 
 
 #: Elements never carried over from a stored version into a new projection: ``text`` would be a
@@ -92,6 +108,8 @@ class ProjectedProvider(StoredProvider):
 
     def __init__(self, resource_type: str) -> None:
         super().__init__(resource_type)
+        #: When the last sync of this process began that found every projection current.
+        self._synced_at: dt.datetime | None = None
 
     def read_only(self, logical_id: str) -> FhirError:
         return method_not_allowed(
@@ -140,16 +158,48 @@ class ProjectedProvider(StoredProvider):
         return {k: v for k, v in body.items() if k not in skip}
 
     @abstractmethod
-    def pending(self, session: Session) -> Iterable[tuple[str, dict[str, Any]]]:
-        """(logical id, FHIR body) of every domain row whose projection is missing or older."""
+    def pending(
+        self, session: Session, since: dt.datetime | None = None
+    ) -> Iterable[tuple[str, dict[str, Any]]]:
+        """(logical id, FHIR body) of every domain row whose projection is missing or older
+        (among the rows changed at or after *since*, when given: :func:`outdated`)."""
 
     def sync(self, session: Session) -> int:
-        """Project the changed rows; how many."""
-        done = 0
-        for logical_id, body in self.pending(session):
+        """Project the changed rows; how many.
+
+        Incremental: once a sync of this process found nothing to do, later ones look only at
+        rows changed since then (less :data:`SYNC_MARGIN`), through the changed columns'
+        indexes; the first sync of a process looks at every row. The mark moves only when
+        nothing was written, so projections written by a request that then rolls back are
+        looked for again. Rows never projected are created together (one bulk insert, after an
+        HL7 feed of many vitals, say); the others become new versions one by one."""
+        started = utcnow()
+        since = None if self._synced_at is None else self._synced_at - SYNC_MARGIN
+        rows = list(self.pending(session, since))
+        total = len(rows)
+        if not rows:
+            self._synced_at = started
+            return 0
+        current = {s.logical_id for s in store.get_many(session, self.resource_type, [i for i, _ in rows])}
+        fresh = [(i, b) for i, b in rows if i not in current]
+        if len({i for i, _ in fresh}) == len(fresh) and fresh:
+            items = []
+            for logical_id, body in fresh:
+                full = {"resourceType": self.resource_type, "id": logical_id, **body}
+                items.append(
+                    store.NewResource(
+                        self.resource_type, logical_id, full, index_entries(self.resource_type, full)
+                    )
+                )
+            try:
+                with session.begin_nested():
+                    store.create_many(session, items)
+                rows = [(i, b) for i, b in rows if i in current]
+            except IntegrityError:  # a concurrent request projected some: one by one below
+                pass
+        for logical_id, body in rows:
             self.project(session, logical_id, body)
-            done += 1
-        return done
+        return total
 
     def project(
         self,

@@ -13,6 +13,7 @@ store under uuid ids (radiologist-authored reports).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
@@ -131,8 +132,10 @@ class DiagnosticReportProvider(ProjectedProvider):
     def __init__(self) -> None:
         super().__init__("DiagnosticReport")
 
-    def pending(self, session: Session) -> Iterable[tuple[str, dict[str, Any]]]:
-        query = outdated(select(AIRead), AIRead.id, [AIRead.created_at], "DiagnosticReport").options(
+    def pending(
+        self, session: Session, since: dt.datetime | None = None
+    ) -> Iterable[tuple[str, dict[str, Any]]]:
+        query = outdated(select(AIRead), AIRead.id, [AIRead.created_at], "DiagnosticReport", since).options(
             selectinload(AIRead.findings), selectinload(AIRead.measurements)
         )
         reads = list(session.scalars(query))

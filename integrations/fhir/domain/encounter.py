@@ -7,6 +7,7 @@ number (PV1-19, type VN of v2-0203) as identifier. Search by ``patient``/``subje
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
@@ -92,6 +93,8 @@ class EncounterProvider(ProjectedProvider):
     def __init__(self) -> None:
         super().__init__("Encounter")
 
-    def pending(self, session: Session) -> Iterable[tuple[str, dict[str, Any]]]:
-        query = outdated(select(Encounter), Encounter.id, [Encounter.updated_at], "Encounter")
+    def pending(
+        self, session: Session, since: dt.datetime | None = None
+    ) -> Iterable[tuple[str, dict[str, Any]]]:
+        query = outdated(select(Encounter), Encounter.id, [Encounter.updated_at], "Encounter", since)
         return [(str(r.id), encounter_body(r)) for r in session.scalars(query)]

@@ -5,6 +5,7 @@ imaging orders linked to it."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
@@ -82,9 +83,11 @@ class ImagingStudyProvider(ProjectedProvider):
     def __init__(self) -> None:
         super().__init__("ImagingStudy")
 
-    def pending(self, session: Session) -> Iterable[tuple[str, dict[str, Any]]]:
+    def pending(
+        self, session: Session, since: dt.datetime | None = None
+    ) -> Iterable[tuple[str, dict[str, Any]]]:
         changed = [Study.last_received_at, Study.completed_at]
-        query = outdated(select(Study), Study.id, changed, "ImagingStudy").options(
+        query = outdated(select(Study), Study.id, changed, "ImagingStudy", since).options(
             selectinload(Study.series).selectinload(Series.instances)
         )
         studies = list(session.scalars(query).unique())

@@ -249,6 +249,8 @@ class ObservationProvider(ProjectedProvider):
             stored.append(result)
         return stored
 
-    def pending(self, session: Session) -> Iterable[tuple[str, dict[str, Any]]]:
-        query = outdated(select(Observation), Observation.id, [Observation.recorded_at], "Observation")
+    def pending(
+        self, session: Session, since: dt.datetime | None = None
+    ) -> Iterable[tuple[str, dict[str, Any]]]:
+        query = outdated(select(Observation), Observation.id, [Observation.recorded_at], "Observation", since)
         return [(str(r.id), observation_body(r)) for r in session.scalars(query)]

@@ -182,8 +182,12 @@ class PatientProvider(ProjectedProvider):
         assert stored is not None
         return stored
 
-    def pending(self, session: Session) -> Iterable[tuple[str, dict[str, Any]]]:
-        rows = list(session.scalars(outdated(select(Patient), Patient.id, [Patient.updated_at], "Patient")))
+    def pending(
+        self, session: Session, since: dt.datetime | None = None
+    ) -> Iterable[tuple[str, dict[str, Any]]]:
+        rows = list(
+            session.scalars(outdated(select(Patient), Patient.id, [Patient.updated_at], "Patient", since))
+        )
         return self.bodies(session, rows) if rows else []
 
     def bodies(self, session: Session, rows: list[Patient]) -> list[tuple[str, dict[str, Any]]]:

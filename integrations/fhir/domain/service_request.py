@@ -4,6 +4,7 @@ order number (type PLAC) and the accession number (type ACSN, v2-0203)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,6 +64,10 @@ class ServiceRequestProvider(ProjectedProvider):
     def __init__(self) -> None:
         super().__init__("ServiceRequest")
 
-    def pending(self, session: Session) -> Iterable[tuple[str, dict[str, Any]]]:
-        query = outdated(select(ImagingOrder), ImagingOrder.id, [ImagingOrder.updated_at], "ServiceRequest")
+    def pending(
+        self, session: Session, since: dt.datetime | None = None
+    ) -> Iterable[tuple[str, dict[str, Any]]]:
+        query = outdated(
+            select(ImagingOrder), ImagingOrder.id, [ImagingOrder.updated_at], "ServiceRequest", since
+        )
         return [(str(r.id), service_request_body(r)) for r in session.scalars(query)]

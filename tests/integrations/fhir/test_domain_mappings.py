@@ -37,6 +37,26 @@ def test_adt_patient_found_by_identifier_with_fhirpy(sqlite_server: FhirServer) 
         assert http.get("/Patient", params={"identifier": f"OTHER|{mrn}"}).json().get("total") == 0
 
 
+def test_a_patient_changed_after_a_read_is_read_changed(sqlite_server: FhirServer) -> None:
+    """The views follow the domain: after a read found every projection current (the sync then
+    only looks at recently changed rows), an ADT^A08 that changes the patient, and an ORU that
+    adds vitals, show on the next read, as a new version."""
+    mrn, national = _mrn(), f"ni-{_mrn()}"
+    ids = {"8007421": mrn, "900312-2345678": national}
+    process(sqlite_server.factory, sample("adt_a01_admit.hl7", **ids))
+    with sqlite_server.client() as http:
+        first = http.get("/Patient", params={"identifier": f"SMARTHOSP|{mrn}"}).json()["entry"][0]["resource"]
+        assert http.get(f"/Patient/{first['id']}").json()["meta"]["versionId"] == first["meta"]["versionId"]
+        assert "H77120" not in {i["value"] for i in first["identifier"]}
+        process(sqlite_server.factory, sample("adt_a08_update.hl7", **ids, ADT0000108=f"A08-{mrn}"))
+        process(sqlite_server.factory, sample("oru_r01_loinc.hl7", **{"5512093": mrn, "8007421": mrn}))
+        changed = http.get(f"/Patient/{first['id']}").json()
+        assert int(changed["meta"]["versionId"]) > int(first["meta"]["versionId"])
+        assert "H77120" in {i["value"] for i in changed["identifier"]}  # the A08 added it
+        vitals = http.get("/Observation", params={"patient": first["id"], "code": f"{LOINC}|8867-4"}).json()
+        assert vitals["total"] == 2
+
+
 def test_oru_vitals_found_by_patient_and_loinc_code(sqlite_server: FhirServer) -> None:
     mrn = _mrn()
     process(sqlite_server.factory, sample("oru_r01_loinc.hl7", **{"5512093": mrn}))
