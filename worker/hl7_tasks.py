@@ -2,10 +2,13 @@
 
 * :func:`queue_ai_result` is called by ``worker.tasks.analyse_study`` in the unit of work that
   records a read: when ``hl7_results_destination`` is set and ``hl7_results_trigger`` is
-  ``ai_read`` it builds the ORU^R01 (``integrations.hl7v2.oru``) and queues it with its delivery's
-  outbox row (``clinic.messages.outbound``), so the read and its message commit together. Building
-  with hl7apy costs ~40 ms per read on this (shared, 2-core) machine, once per read, inside that
-  unit of work. ``signed`` sends nothing yet: report signing does not exist.
+  ``ai_read`` it queues the message (control id and subject) with its delivery's outbox row
+  (``clinic.messages.outbound``), so the read and its message commit together. The ORU^R01 itself
+  (``integrations.hl7v2.oru``, hl7apy: ~40 ms per read on this 2-core machine) is built by the
+  delivery task on its first attempt, outside the read's transaction, and kept for later attempts;
+  one hl7apy refuses fails the delivery for good, with the reason, listed by
+  ``clinic hl7 outbound --status failed``. ``signed`` sends nothing yet: report signing does not
+  exist.
 * ``clinic.hl7_deliver(outbound_id, token)`` claims the row (committed at once), sends it outside
   any transaction (``integrations.hl7v2.client.deliver``: MSA-2 must echo our MSH-10) and records
   the attempt: AA/CA sent; AE/AR (and CE/CR) failed for good, listed by
@@ -31,13 +34,14 @@ from clinic.messages.outbound import (
     AI_READ_SUBJECT,
     DELIVER_TASK,
     AttemptOutcome,
-    OutboundStatus,
+    Claimed,
     ai_read_result,
     claim,
     find_for_subject,
     new_control_id,
     queue_message,
     record_attempt,
+    store_built,
 )
 from clinic.outbox.service import backoff
 from clinic.settings import ResultsTrigger, Settings
@@ -53,40 +57,50 @@ SEND_TIMEOUT_S = 10.0
 
 
 def queue_ai_result(session: Session, settings: Settings, read_id: int) -> OutboundHL7 | None:
-    """Queue the ORU^R01 of read *read_id* when configured; idempotent per (read, destination)."""
+    """Queue the ORU^R01 of read *read_id* when configured; idempotent per (read, destination).
+
+    Only the row (control id, subject) and its delivery's outbox row are written here, in the
+    read's unit of work; the message itself is built by the delivery task on its first attempt
+    (:func:`built_message`), outside that transaction."""
     destination = settings.hl7_results_destination
     if not destination or settings.hl7_results_trigger is not ResultsTrigger.AI_READ:
         return None
     existing = find_for_subject(session, AI_READ_SUBJECT, read_id, destination)
     if existing is not None:
         return existing
-    control_id = new_control_id()
-    result = ai_read_result(session, read_id)
-    try:
-        raw = build_ai_result(result, control_id=control_id, sending_facility=settings.dicom_ae)
-    except Exception as exc:  # a value hl7apy refuses must not cost the read itself
-        log.exception("read %s: the ORU^R01 cannot be built", read_id)
-        row = OutboundHL7(
-            destination=destination,
-            control_id=control_id,
-            message_type=MESSAGE_TYPE,
-            subject_kind=AI_READ_SUBJECT,
-            subject_id=read_id,
-            raw=b"",
-            status=OutboundStatus.FAILED,
-            last_error=f"not built: {type(exc).__name__}: {exc}"[:2000],
-        )
-        session.add(row)
-        return row
     return queue_message(
         session,
         destination=destination,
-        control_id=control_id,
+        control_id=new_control_id(),
         message_type=MESSAGE_TYPE,
-        raw=raw,
+        raw=b"",
         subject_kind=AI_READ_SUBJECT,
         subject_id=read_id,
     )
+
+
+def built_message(context: WorkerContext, claimed: Claimed) -> bytes:
+    """The bytes of *claimed*: those stored, or, for a read's ORU^R01 not built yet, built now
+    with hl7apy from the read as committed and stored for later attempts. Raises
+    :class:`NotBuiltError` when there is nothing to send."""
+    if claimed.raw:
+        return claimed.raw
+    if claimed.subject_kind != AI_READ_SUBJECT or claimed.subject_id is None:
+        raise NotBuiltError("the message has no content")
+    with unit_of_work(context.session_factory) as session:
+        result = ai_read_result(session, claimed.subject_id)
+        try:
+            raw = build_ai_result(
+                result, control_id=claimed.control_id, sending_facility=context.settings.dicom_ae
+            )
+        except Exception as exc:  # a value hl7apy refuses: the message fails, visibly, for good
+            raise NotBuiltError(f"{type(exc).__name__}: {exc}") from exc
+        store_built(session, claimed.id, raw)
+    return raw
+
+
+class NotBuiltError(Exception):
+    """The message cannot be built; its delivery fails for good with this reason."""
 
 
 def deliver_outbound(context: WorkerContext, outbound_id: int, token: int) -> str:
@@ -97,9 +111,16 @@ def deliver_outbound(context: WorkerContext, outbound_id: int, token: int) -> st
     if claimed is None:
         log.info("outbound HL7 %s: sent, failed or taken by another attempt; nothing to do", outbound_id)
         return "skipped"
+    try:
+        raw = built_message(context, claimed)
+    except NotBuiltError as exc:
+        log.error("outbound HL7 %s cannot be built: %s", outbound_id, exc)
+        with unit_of_work(context.session_factory) as session:
+            record_attempt(session, outbound_id, AttemptOutcome.PERMANENT, error=f"not built: {exc}")
+        return AttemptOutcome.PERMANENT.value
     result = deliver(
         claimed.destination,
-        claimed.raw,
+        raw,
         claimed.control_id,
         timeout=SEND_TIMEOUT_S,
         expect_ack=claimed.expects_ack,

@@ -143,6 +143,8 @@ class Claimed:
     attempt: int
     #: MSH-9, e.g. "ORU^R01^ORU_R01"; an "ACK..." expects no acknowledgement back.
     message_type: str = ""
+    subject_kind: str = ""
+    subject_id: int | None = None
 
     @property
     def expects_ack(self) -> bool:
@@ -160,7 +162,19 @@ def claim(session: Session, outbound_id: int, token: int, now: dt.datetime | Non
     now = now or utcnow()
     row.attempts += 1
     row.next_attempt_at = now + SEND_LEASE
-    return Claimed(row.id, row.destination, row.control_id, row.raw, row.attempts, row.message_type)
+    return Claimed(
+        row.id, row.destination, row.control_id, row.raw, row.attempts, row.message_type,
+        row.subject_kind, row.subject_id,
+    )  # fmt: skip
+
+
+def store_built(session: Session, outbound_id: int, raw: bytes) -> None:
+    """Keep the bytes built for *outbound_id* on its first attempt: later attempts (and a resend)
+    send exactly these, under the same control id."""
+    row = session.get(OutboundHL7, outbound_id)
+    if row is None:
+        raise LookupError(f"no outbound HL7 message {outbound_id}")
+    row.raw = raw
 
 
 def record_attempt(

@@ -31,6 +31,8 @@ from clinic.messages.outbound import (
     ai_read_result,
     attempts_of,
     dispatch_due,
+    new_control_id,
+    queue_message,
 )
 from clinic.outbox.models import OutboxMessage
 from clinic.settings import Environment, ResultsTrigger, Settings
@@ -192,6 +194,7 @@ def test_an_ai_read_goes_to_the_emr_with_its_order(
     read_id = _ai_read(session_factory, with_order=True)
     row = _queue(session_factory, settings, read_id)
     assert row is not None and row.status == OutboundStatus.PENDING and row.subject_id == read_id
+    assert row.raw == b""  # built by the delivery task, outside the read's transaction
     with unit_of_work(session_factory) as session:  # its delivery task was written with it
         (task,) = session.scalars(
             select(OutboxMessage).where(OutboxMessage.task == "clinic.hl7_deliver")
@@ -206,6 +209,7 @@ def test_an_ai_read_goes_to_the_emr_with_its_order(
     (received,) = emr.received
     theirs = hl7.parse(received)
     assert str(theirs.segment("MSH")[10]) == sent.control_id
+    assert hl7.parse(sent.raw.decode()).segment("MSH")[10] == theirs.segment("MSH")[10]  # kept
     assert (
         str(theirs.segment("OBR")[2]) == "PO-20261122-0017^OCS"
         and str(theirs.segment("OBR")[18]) == "ACC-7730012"
@@ -226,6 +230,8 @@ def test_destination_down_is_retried_after_a_backoff(
     assert deliver_outbound(context, row.id, token=0) == "transient"  # nobody listens on the port
     waiting = _row(sqlite_factory, row.id)
     assert waiting.status == OutboundStatus.PENDING and "ConnectionRefusedError" in waiting.last_error
+    built = waiting.raw  # built on the first attempt and kept: the retry sends the same bytes
+    assert built.startswith(b"MSH|") and waiting.control_id.encode() in built
     backoff = (waiting.next_attempt_at - utcnow()).total_seconds()
     assert 0.5 < backoff <= 2.0  # delivery_backoff_seconds
     with unit_of_work(sqlite_factory) as session:
@@ -242,10 +248,31 @@ def test_destination_down_is_retried_after_a_backoff(
     finally:
         peer.stop()
     done = _row(sqlite_factory, row.id)
-    assert (done.status, done.attempts) == (OutboundStatus.SENT, 2)
+    assert (done.status, done.attempts, done.raw) == (OutboundStatus.SENT, 2, built)
     with unit_of_work(sqlite_factory) as session:
         assert [a.outcome for a in attempts_of(session, row.id)] == ["transient", "success"]
     assert len(peer.received) == 1
+
+
+def test_a_message_that_cannot_be_built_fails_for_good_with_its_reason(
+    sqlite_factory: sessionmaker[Session], settings: Settings, emr: PeerEMR
+) -> None:
+    config = _settings(settings.data_dir, settings.resolved_database_url, emr.port)
+    with unit_of_work(sqlite_factory) as session:
+        row = queue_message(
+            session,
+            destination=f"127.0.0.1:{emr.port}",
+            control_id=new_control_id(),
+            message_type="ORU^R01^ORU_R01",
+            raw=b"",
+            subject_kind="report",
+            subject_id=None,
+        )
+        outbound_id = row.id
+    assert deliver_outbound(WorkerContext(config), outbound_id, token=0) == "permanent"
+    failed = _row(sqlite_factory, outbound_id)
+    assert failed.status == OutboundStatus.FAILED and failed.last_error.startswith("not built:")
+    assert emr.received == []
 
 
 @pytest.mark.parametrize("answer", ["AE", "AR"])
