@@ -14,8 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, union_all
+from sqlalchemy import String, Table, any_, delete, func, insert, select, union_all
+from sqlalchemy import cast as cast_
 from sqlalchemy import update as sql_update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -166,13 +168,23 @@ def get_version(
     )
 
 
+def _among(session: Session, ids: list[str]) -> Any:
+    """``logical_id`` is one of *ids*. PostgreSQL gets one array parameter (``= ANY``): a long
+    ``IN`` list, once psycopg prepares the statement (its fifth run), was planned generically
+    as a scan of every resource of the type with the list as a filter, ~4 s for 2,000 ids among
+    100,000 (a sync's pages); with the array it stays a look-up of the unique index."""
+    if session.get_bind().dialect.name == "postgresql":
+        return FhirResource.logical_id == any_(cast_(ids, ARRAY(String)))
+    return FhirResource.logical_id.in_(ids)
+
+
 def get_many(session: Session, resource_type: str, logical_ids: Iterable[str]) -> list[StoredResource]:
     ids = sorted(set(logical_ids))
     if not ids:
         return []
     rows = session.scalars(
         select(FhirResource)
-        .where(FhirResource.resource_type == resource_type, FhirResource.logical_id.in_(ids))
+        .where(FhirResource.resource_type == resource_type, _among(session, ids))
         .order_by(FhirResource.id)
     )
     return [_stored(r) for r in rows]
@@ -186,7 +198,7 @@ def existing_ids(session: Session, resource_type: str, logical_ids: Iterable[str
     return set(
         session.scalars(
             select(FhirResource.logical_id).where(
-                FhirResource.resource_type == resource_type, FhirResource.logical_id.in_(ids)
+                FhirResource.resource_type == resource_type, _among(session, ids)
             )
         )
     )

@@ -50,23 +50,34 @@ def outdated(
     changed: Sequence[Any],
     resource_type: str,
     since: dt.datetime | None = None,
+    limit: int | None = None,
+    after: int = 0,
 ) -> Select[Any]:
     """*query* narrowed to rows with no projection of *resource_type*, or one older than any of
     the *changed* timestamp columns; only rows changed at or after *since* when given (each
-    ``changed`` column is indexed: the look-up reads the recent rows, not the whole table)."""
+    ``changed`` column is indexed: the look-up reads the recent rows, not the whole table); the
+    first *limit* by id, after the id *after* (a sync's pages)."""
     if since is not None:
         query = query.where(or_(*(c >= since for c in changed)))
     joined = query.outerjoin(
         FhirResource,
         (FhirResource.resource_type == resource_type) & (FhirResource.logical_id == cast(id_column, String)),
     )
-    return joined.where(or_(FhirResource.id.is_(None), *(FhirResource.last_updated < c for c in changed)))
+    narrowed = joined.where(or_(FhirResource.id.is_(None), *(FhirResource.last_updated < c for c in changed)))
+    if after:
+        narrowed = narrowed.where(id_column > after)
+    return narrowed if limit is None else narrowed.order_by(id_column).limit(limit)
 
 
 #: A sync looks again at rows changed this long before the last sync that found nothing to do:
-#: longer than any writer's transaction (a row is stamped when written and seen when committed)
-#: and any clock difference between the platform's processes.
-SYNC_MARGIN = dt.timedelta(minutes=10)
+#: longer than any writer's transaction (a row is stamped when written and seen when committed:
+#: the platform's longest, an HL7 processing batch or a large FHIR transaction, take seconds) and
+#: any clock difference between the platform's hosts (NTP keeps them within milliseconds). Every
+#: read re-examines the rows of this window, so it is kept short.
+SYNC_MARGIN = dt.timedelta(seconds=60)
+#: Rows projected per round of a sync (each round's statements stay far below the databases'
+#: bound-parameter limits: 32,766 in SQLite, 65,535 in PostgreSQL).
+SYNC_CHUNK = 2_000
 
 
 #: Elements never carried over from a stored version into a new projection: ``text`` would be a
@@ -159,10 +170,11 @@ class ProjectedProvider(StoredProvider):
 
     @abstractmethod
     def pending(
-        self, session: Session, since: dt.datetime | None = None
+        self, session: Session, since: dt.datetime | None = None, limit: int | None = None, after: int = 0
     ) -> Iterable[tuple[str, dict[str, Any]]]:
-        """(logical id, FHIR body) of every domain row whose projection is missing or older
-        (among the rows changed at or after *since*, when given: :func:`outdated`)."""
+        """(logical id, FHIR body) of the domain rows whose projection is missing or older
+        (among the rows changed at or after *since*, when given; the first *limit* by id after
+        *after*, when given: :func:`outdated`)."""
 
     def sync(self, session: Session) -> int:
         """Project the changed rows; how many.
@@ -175,14 +187,22 @@ class ProjectedProvider(StoredProvider):
         HL7 feed of many vitals, say); the others become new versions one by one."""
         started = utcnow()
         since = None if self._synced_at is None else self._synced_at - SYNC_MARGIN
-        rows = list(self.pending(session, since))
-        total = len(rows)
-        if not rows:
+        done, after = 0, 0
+        while True:  # a page at a time, by id: each statement stays within the parameter limits
+            rows = list(self.pending(session, since, SYNC_CHUNK, after))
+            if not rows:
+                break
+            self._project_chunk(session, rows)
+            done += len(rows)
+            after = max(int(i) for i, _ in rows)
+        if not done:
             self._synced_at = started
-            return 0
+        return done
+
+    def _project_chunk(self, session: Session, rows: list[tuple[str, dict[str, Any]]]) -> None:
         current = {s.logical_id for s in store.get_many(session, self.resource_type, [i for i, _ in rows])}
         fresh = [(i, b) for i, b in rows if i not in current]
-        if len({i for i, _ in fresh}) == len(fresh) and fresh:
+        if fresh and len({i for i, _ in fresh}) == len(fresh):
             items = []
             for logical_id, body in fresh:
                 full = {"resourceType": self.resource_type, "id": logical_id, **body}
@@ -199,7 +219,6 @@ class ProjectedProvider(StoredProvider):
                 pass
         for logical_id, body in rows:
             self.project(session, logical_id, body)
-        return total
 
     def project(
         self,

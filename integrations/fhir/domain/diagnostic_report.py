@@ -133,11 +133,11 @@ class DiagnosticReportProvider(ProjectedProvider):
         super().__init__("DiagnosticReport")
 
     def pending(
-        self, session: Session, since: dt.datetime | None = None
+        self, session: Session, since: dt.datetime | None = None, limit: int | None = None, after: int = 0
     ) -> Iterable[tuple[str, dict[str, Any]]]:
-        query = outdated(select(AIRead), AIRead.id, [AIRead.created_at], "DiagnosticReport", since).options(
-            selectinload(AIRead.findings), selectinload(AIRead.measurements)
-        )
+        query = outdated(
+            select(AIRead), AIRead.id, [AIRead.created_at], "DiagnosticReport", since, limit, after
+        ).options(selectinload(AIRead.findings), selectinload(AIRead.measurements))
         reads = list(session.scalars(query))
         if not reads:
             return []

@@ -94,7 +94,9 @@ class EncounterProvider(ProjectedProvider):
         super().__init__("Encounter")
 
     def pending(
-        self, session: Session, since: dt.datetime | None = None
+        self, session: Session, since: dt.datetime | None = None, limit: int | None = None, after: int = 0
     ) -> Iterable[tuple[str, dict[str, Any]]]:
-        query = outdated(select(Encounter), Encounter.id, [Encounter.updated_at], "Encounter", since)
+        query = outdated(
+            select(Encounter), Encounter.id, [Encounter.updated_at], "Encounter", since, limit, after
+        )
         return [(str(r.id), encounter_body(r)) for r in session.scalars(query)]

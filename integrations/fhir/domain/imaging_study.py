@@ -84,10 +84,10 @@ class ImagingStudyProvider(ProjectedProvider):
         super().__init__("ImagingStudy")
 
     def pending(
-        self, session: Session, since: dt.datetime | None = None
+        self, session: Session, since: dt.datetime | None = None, limit: int | None = None, after: int = 0
     ) -> Iterable[tuple[str, dict[str, Any]]]:
         changed = [Study.last_received_at, Study.completed_at]
-        query = outdated(select(Study), Study.id, changed, "ImagingStudy", since).options(
+        query = outdated(select(Study), Study.id, changed, "ImagingStudy", since, limit, after).options(
             selectinload(Study.series).selectinload(Series.instances)
         )
         studies = list(session.scalars(query).unique())

@@ -183,10 +183,12 @@ class PatientProvider(ProjectedProvider):
         return stored
 
     def pending(
-        self, session: Session, since: dt.datetime | None = None
+        self, session: Session, since: dt.datetime | None = None, limit: int | None = None, after: int = 0
     ) -> Iterable[tuple[str, dict[str, Any]]]:
         rows = list(
-            session.scalars(outdated(select(Patient), Patient.id, [Patient.updated_at], "Patient", since))
+            session.scalars(
+                outdated(select(Patient), Patient.id, [Patient.updated_at], "Patient", since, limit, after)
+            )
         )
         return self.bodies(session, rows) if rows else []
 

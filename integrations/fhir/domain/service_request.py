@@ -65,9 +65,15 @@ class ServiceRequestProvider(ProjectedProvider):
         super().__init__("ServiceRequest")
 
     def pending(
-        self, session: Session, since: dt.datetime | None = None
+        self, session: Session, since: dt.datetime | None = None, limit: int | None = None, after: int = 0
     ) -> Iterable[tuple[str, dict[str, Any]]]:
         query = outdated(
-            select(ImagingOrder), ImagingOrder.id, [ImagingOrder.updated_at], "ServiceRequest", since
+            select(ImagingOrder),
+            ImagingOrder.id,
+            [ImagingOrder.updated_at],
+            "ServiceRequest",
+            since,
+            limit,
+            after,
         )
         return [(str(r.id), service_request_body(r)) for r in session.scalars(query)]
