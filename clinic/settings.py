@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     #: TLS for the MLLP listener: both set, or neither (plain TCP).
     hl7_tls_cert: Path | None = None
     hl7_tls_key: Path | None = None
+    #: With TLS: accept only senders whose client certificate this CA (PEM file) signed (mutual
+    #: TLS, as IHE ATNA's secure node asks). Unset: any sender may connect.
+    hl7_tls_client_ca: Path | None = None
+    #: Time zone (IANA name, e.g. "Asia/Seoul") of HL7 v2 timestamps that carry no UTC offset:
+    #: the sender's local time. Empty: this server's own zone.
+    hl7_timezone: str = ""
     #: Return MLLP destinations ("host:port") of enhanced-mode application acknowledgements, by
     #: sending application (MSH-3). Without one, the application ACK is stored, held, not sent.
     hl7_ack_destinations: dict[str, str] = Field(default_factory=dict)
@@ -120,6 +126,10 @@ class Settings(BaseSettings):
     #: Signs access tokens. Empty: a random key kept in ``<data_dir>/secret_key``.
     secret_key: SecretStr = SecretStr("")
     access_token_minutes: int = 480
+    #: Failed logins of one user name (or from one client address) within the lockout window
+    #: after which further attempts are refused (429 with Retry-After) until the window passes.
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_minutes: float = Field(default=15.0, gt=0)
 
     @classmethod
     def settings_customise_sources(
