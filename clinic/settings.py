@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import zoneinfo
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -145,6 +146,18 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    @field_validator("hl7_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        if value:
+            try:
+                zoneinfo.ZoneInfo(value)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"unknown time zone {value!r}: use an IANA name such as Asia/Seoul"
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

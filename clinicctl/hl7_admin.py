@@ -82,6 +82,10 @@ def send(
     to: Annotated[str, typer.Option("--to", help="HOST:PORT of the MLLP listener.")] = "127.0.0.1:2575",
     tls: Annotated[bool, typer.Option(help="Connect with TLS.")] = False,
     ca: Annotated[Path | None, typer.Option(help="CA certificate to verify the server (TLS).")] = None,
+    cert: Annotated[
+        Path | None, typer.Option(help="Client certificate (PEM) for a listener that asks for one.")
+    ] = None,
+    key: Annotated[Path | None, typer.Option(help="Private key (PEM) of --cert.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each acknowledgement.")] = 30.0,
 ) -> None:
     """Send every message of FILE over MLLP and summarise the acknowledgements."""
@@ -98,8 +102,15 @@ def send(
     if not messages:
         raise CliError(f"{file}: no HL7 message found (each must start with MSH)")
     context: ssl.SSLContext | None = None
-    if tls or ca is not None:
-        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if (cert is None) != (key is None):
+        raise CliError("give both --cert and --key, or neither")
+    if tls or ca is not None or cert is not None:
+        try:
+            context = ssl.create_default_context(cafile=str(ca) if ca else None)
+            if cert is not None and key is not None:
+                context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(f"TLS set-up failed: {exc}") from None
     codes: Counter[str] = Counter()
     problems: list[tuple[int, str, str]] = []
     started = time.monotonic()
@@ -227,7 +238,12 @@ def process(
     from integrations.hl7v2.processor import Processor, load_mapping
 
     settings = _hooks["settings"]()
-    processor = Processor(_sessions(), load_mapping(), ack_destinations=settings.hl7_ack_destinations)
+    processor = Processor(
+        _sessions(),
+        load_mapping(),
+        ack_destinations=settings.hl7_ack_destinations,
+        timezone=settings.hl7_timezone,
+    )
     done = processor.run_until_idle(timeout)
     console.print(f"processed {done.processed}, failed {done.failed}")
 

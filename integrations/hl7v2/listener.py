@@ -264,6 +264,9 @@ class Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stall on ACKs
         self.last_active = self.listener.now()
         self.listener.connections.add(self)
+        subject = peer_subject(transport)
+        if subject:
+            log.info("MLLP peer %s authenticated as %s", self.peer, subject)
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.listener.now()
@@ -404,14 +407,31 @@ class Listener:
 
 
 def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """TLS for the listener when ``hl7_tls_cert`` and ``hl7_tls_key`` are set."""
+    """TLS for the listener when ``hl7_tls_cert`` and ``hl7_tls_key`` are set; with
+    ``hl7_tls_client_ca`` too, mutual TLS: a sender without a certificate that CA signed fails the
+    handshake and sends nothing (IHE ATNA's node authentication)."""
     if settings.hl7_tls_cert is None and settings.hl7_tls_key is None:
+        if settings.hl7_tls_client_ca is not None:
+            raise ValueError("CLINIC_HL7_TLS_CLIENT_CA needs CLINIC_HL7_TLS_CERT and CLINIC_HL7_TLS_KEY")
         return None
     if settings.hl7_tls_cert is None or settings.hl7_tls_key is None:
         raise ValueError("set both CLINIC_HL7_TLS_CERT and CLINIC_HL7_TLS_KEY, or neither")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.hl7_tls_cert, settings.hl7_tls_key)
+    if settings.hl7_tls_client_ca is not None:
+        context.load_verify_locations(cafile=settings.hl7_tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def peer_subject(transport: asyncio.BaseTransport) -> str:
+    """The common name of a TLS peer's verified certificate ("" without one): who sent, for logs."""
+    certificate = transport.get_extra_info("peercert") or {}
+    for rdn in certificate.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)[:64]
+    return ""
 
 
 def build_listener(

@@ -53,6 +53,7 @@ from clinic.settings import Settings
 from integrations.hl7v2.ack import application_response, build_ack, new_control_id
 from integrations.hl7v2.codec import MessageHeader, message_text, parse_header
 from integrations.hl7v2.errors import HL7Error, MappingError, MessageParseError
+from integrations.hl7v2.mapping.parse import sender_timezone, timezone_named
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +106,21 @@ class Processor:
         ack_destinations: Mapping[str, str] | None = None,
         batch_size: int = BATCH_SIZE,
         batch_seconds: float = BATCH_SECONDS,
+        timezone: str = "",
     ) -> None:
         self.session_factory = session_factory
         self.process = process
         self.ack_destinations = dict(ack_destinations or {})
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
+        #: ``hl7_timezone``: the zone of timestamps sent without an offset ("" this server's).
+        self.timezone = timezone
+        timezone_named(timezone)  # an unknown name fails here, at start-up, not per message
 
     def run_once(self) -> PassResult:
         """One pass, one transaction; returns what it did (0 messages: nothing was waiting)."""
         result = PassResult()
-        with unit_of_work(self.session_factory) as session:
+        with sender_timezone(self.timezone), unit_of_work(self.session_factory) as session:
             lock_processing(session)
             deadline = time.monotonic() + self.batch_seconds
             for message in claim_received(session, self.batch_size):
@@ -229,6 +234,7 @@ def run_processor(settings: Settings, stop: threading.Event, process: ProcessFn 
             make_session_factory(engine),
             process or load_mapping(),
             ack_destinations=settings.hl7_ack_destinations,
+            timezone=settings.hl7_timezone,
         )
         processor.run(stop)
     finally:

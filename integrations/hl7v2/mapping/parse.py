@@ -33,7 +33,10 @@ UTC offset).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
+import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -238,12 +241,41 @@ def patient_name(segment: Segment, number: int = 5) -> str:
     return _pn(part(chosen, 1), part(chosen, 2), part(chosen, 3), part(chosen, 5), part(chosen, 4))
 
 
+#: The time zone of timestamps without a UTC offset (the sender's local time), for the messages
+#: being processed in this context; None: this server's own zone. Set by :func:`sender_timezone`.
+_SENDER_ZONE: contextvars.ContextVar[dt.tzinfo | None] = contextvars.ContextVar(
+    "hl7_sender_zone", default=None
+)
+
+
+def timezone_named(name: str) -> dt.tzinfo | None:
+    """The zone *name* (IANA, e.g. "Asia/Seoul"; "" is None: this server's zone). Raises
+    ``ValueError`` for a name the time zone database does not know."""
+    if not name:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as 'Asia/Seoul')") from None
+
+
+@contextlib.contextmanager
+def sender_timezone(name: str) -> Iterator[None]:
+    """Read timestamps without an offset as local time of zone *name* (``hl7_timezone``) within
+    the block: many feeds send local time and no offset, while servers often run in UTC."""
+    token = _SENDER_ZONE.set(timezone_named(name))
+    try:
+        yield
+    finally:
+        _SENDER_ZONE.reset(token)
+
+
 def parse_datetime(value: str, location: str = "") -> dt.datetime | None:
     """DTM/TS (§2A.22): ``YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]`` as an aware datetime.
 
-    Without a UTC offset the value is local time of the sender, which we take to be this server's
-    time zone (the deployment's); ``None`` for an empty value. A malformed value is a
-    :class:`MappingError` naming *location* (table 0357 code 102).
+    Without a UTC offset the value is local time of the sender: of the zone ``hl7_timezone``
+    names (:func:`sender_timezone`), else of this server's zone; ``None`` for an empty value. A
+    malformed value is a :class:`MappingError` naming *location* (table 0357 code 102).
     """
     text = value.strip()
     if not text:
@@ -280,7 +312,9 @@ def parse_datetime(value: str, location: str = "") -> dt.datetime | None:
     except ValueError:
         raise _bad_time(location) from None
     if offset is None:
-        return moment.astimezone()  # naive: this machine's local time zone
+        zone = _SENDER_ZONE.get()
+        # naive: the sender's zone when configured, else this machine's
+        return moment.replace(tzinfo=zone) if zone is not None else moment.astimezone()
     return moment.replace(tzinfo=offset)
 
 

@@ -386,3 +386,63 @@ def test_tls(settings: Settings, tmp_path: Path, sqlite_store: sessionmaker[Sess
     finally:
         running.stop()
     assert [r.control_id for r in _rows(sqlite_store)] == ["TLS-1"]
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _signed(folder: Path, name: str, ca: tuple[Path, Path], extension: str) -> tuple[Path, Path]:
+    """A certificate for *name* signed by *ca* (certificate, key)."""
+    cert, key, request = folder / f"{name}.pem", folder / f"{name}-key.pem", folder / f"{name}.csr"
+    _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key),
+             "-out", str(request))  # fmt: skip
+    extensions = folder / f"{name}.ext"
+    extensions.write_text(extension)
+    _openssl("x509", "-req", "-in", str(request), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+             "-days", "1", "-out", str(cert), "-extfile", str(extensions))  # fmt: skip
+    return cert, key
+
+
+def test_mutual_tls_admits_only_senders_with_a_certificate_of_the_ca(
+    settings: Settings, tmp_path: Path, sqlite_store: sessionmaker[Session]
+) -> None:
+    ca = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=Hospital CA",
+             "-keyout", str(ca[1]), "-out", str(ca[0]))  # fmt: skip
+    server = _signed(tmp_path, "localhost", ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    emr = _signed(tmp_path, "emr-gateway", ca, "extendedKeyUsage=clientAuth\n")
+    stranger = tmp_path / "stranger.pem", tmp_path / "stranger-key.pem"  # self-signed: not the CA's
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=stranger",
+             "-keyout", str(stranger[1]), "-out", str(stranger[0]))  # fmt: skip
+    running = start_listener_thread(
+        _listener_settings(settings, hl7_tls_cert=server[0], hl7_tls_key=server[1], hl7_tls_client_ca=ca[0]),
+        SUPPORTED,
+    )
+
+    def client_context(identity: tuple[Path, Path] | None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(ca[0]))
+        if identity is not None:
+            context.load_cert_chain(*identity)
+        return context
+
+    try:
+        with MLLPClient("127.0.0.1", running.port, ssl_context=client_context(emr)) as client:
+            assert msa(client.send(adt_a01("MTLS-1"))) == ("AA", "MTLS-1")
+        for identity in (None, stranger):  # no certificate, or one the CA did not sign: no session
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                with MLLPClient("127.0.0.1", running.port, ssl_context=client_context(identity)) as client:
+                    client.send(adt_a01("MTLS-REFUSED"))
+        # The command-line client presents its certificate too; the listener still serves.
+        framed = tmp_path / "one.hl7"
+        framed.write_bytes(adt_a01("MTLS-CLI"))
+        result = subprocess.run(
+            [str(Path(sys.executable).with_name("clinic")), "hl7", "send", str(framed), "--to",
+             f"127.0.0.1:{running.port}", "--ca", str(ca[0]), "--cert", str(emr[0]), "--key", str(emr[1])],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "AA" in result.stdout
+    finally:
+        running.stop()
+    assert sorted(r.control_id for r in _rows(sqlite_store)) == ["MTLS-1", "MTLS-CLI"]

@@ -136,3 +136,22 @@ def test_an_oru_without_a_patient_is_refused(sqlite_factory: sessionmaker[Sessio
     with pytest.raises(MappingError) as caught:
         process(sqlite_factory, sample("oru_r01_loinc.hl7", PID="ZPI"))
     assert caught.value.location == "PID-3"
+
+
+def test_times_without_an_offset_are_the_senders_local_time(session_factory: sessionmaker[Session]) -> None:
+    """A feed that sends local time without an offset (common) is read in ``hl7_timezone``, not in
+    the server's zone (often UTC in a container): the temperature taken at 08:29 in Seoul is
+    23:29 UTC the day before, as when the offset is sent."""
+    from integrations.hl7v2.processor import Processor, load_mapping
+    from tests.integrations.hl7v2.mapping_helpers import store
+
+    mrn = "77" + str(abs(hash(session_factory)))[:8]
+    with unit_of_work(session_factory) as session:
+        for raw in (sample("adt_a01_admit.hl7", **{"8007421": mrn}), sample("oru_r01_pcd01_mdc.hl7")):
+            store(session, raw.replace(b"8007421", mrn.encode()).replace(b"+0900", b""))
+    done = Processor(session_factory, load_mapping(), timezone="Asia/Seoul").run_until_idle()
+    assert (done.processed, done.failed) == (2, 0)
+    temperature = _by_source(_observations(session_factory, mrn))["150364"]
+    assert temperature.observed_at == dt.datetime(2026, 11, 21, 23, 29, tzinfo=UTC)
+    with pytest.raises(ValueError, match="unknown time zone"):
+        Processor(session_factory, load_mapping(), timezone="Mars/Base")
