@@ -2,11 +2,15 @@
 and logout pages for browsers (the token in an HttpOnly, SameSite=Strict cookie).
 
 Every sign-in, successful or not, is audited with the client address and the username tried;
-the password never reaches the audit trail or the logs.
+the password never reaches the audit trail or the logs. Too many recent failures for a user name or
+from a client lock further attempts (:func:`clinic.auth.service.login_throttle`): they are answered
+429 Too Many Requests with ``Retry-After`` (RFC 6585 §4, RFC 9110 §10.2.3) before the password is
+checked, and audited as ``login-throttled``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request, status
@@ -25,19 +29,40 @@ from clinic.web.templating import home_for, render, safe_next
 
 router = APIRouter(tags=["auth"])
 
-LOGIN_FAILED = "login-failed"
+LOGIN_FAILED = service.LOGIN_FAILED
 
 
 def _audit_login(session: Session, username: str, user: User | None, client: str) -> None:
     audit.record(
         session,
-        username=(user.username if user else username.strip())[:64],
+        username=user.username[:64] if user else service.audited_username(username),
         role=str(user.role) if user else "",
-        action="login" if user else LOGIN_FAILED,
+        action=service.LOGIN_OK if user else LOGIN_FAILED,
         resource_type="session",
         client=client,
         detail="" if user else "bad credentials or inactive account",
     )
+
+
+def _throttled(session: Session, username: str, client: str, settings: Settings) -> int | None:
+    """Seconds to wait when this attempt is refused (and audited as such), else ``None``."""
+    wait = service.login_throttle(session, username, client, settings)
+    if wait is not None:
+        audit.record(
+            session,
+            username=service.audited_username(username),
+            role="",
+            action=service.LOGIN_THROTTLED,
+            resource_type="session",
+            client=client,
+            detail=f"too many failed attempts; refused without checking the password for {wait} s",
+        )
+    return wait
+
+
+def _lockout_message(wait: int) -> str:
+    minutes = math.ceil(wait / 60)
+    return f"Too many failed attempts; try again in {minutes} minute{'' if minutes == 1 else 's'}."
 
 
 @router.post("/api/auth/token", response_model=TokenOut)
@@ -47,6 +72,14 @@ def token(
     settings: SettingsDep,
     client: ClientDep,
 ) -> TokenOut | JSONResponse:
+    wait = _throttled(session, form.username, client, settings)
+    if wait is not None:
+        # Returned, not raised: the refusal's audit row must commit.
+        return JSONResponse(
+            {"detail": "too many failed sign-in attempts; try again later"},
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(wait)},
+        )
     user = service.authenticate(session, form.username, form.password)
     _audit_login(session, form.username, user, client)
     if user is None:
@@ -93,6 +126,20 @@ def login_submit(
     client: ClientDep,
     next: Annotated[str, Form()] = "",
 ) -> Response:
+    wait = _throttled(session, username, client, settings)
+    if wait is not None:
+        response = render(
+            request,
+            "login.html",
+            {
+                "next": safe_next(next) or "",
+                "error": _lockout_message(wait),
+                "username": username,
+            },
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
     user = service.authenticate(session, username, password)
     _audit_login(session, username, user, client)
     if user is None:

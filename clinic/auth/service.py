@@ -4,11 +4,17 @@ Passwords are hashed with Argon2id (pwdlib's recommended hasher, RFC 9106). Acce
 (RFC 7519) signed with HS256 and the platform's signing key; they carry the user id, the username
 and the role, and expire after ``settings.access_token_minutes``. The database stays the authority
 on roles: a request re-reads the user, so a deactivated account loses access at once.
+
+Sign-in is throttled against password guessing (OWASP ASVS 4.0 V2.2.1): the failed attempts in the
+audit trail within ``settings.login_lockout_minutes``, counted per user name and per client address,
+lock further attempts once they reach ``settings.login_max_failures``. The count lives in the
+database, so every web process sees the same one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 
 import jwt
@@ -17,12 +23,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from clinic.audit.models import AuditEvent
 from clinic.auth.models import Role, User
 from clinic.db import utcnow
 from clinic.settings import Settings
 
 TOKEN_ALGORITHM = "HS256"
 TOKEN_TYPE = "access"
+
+#: Audit actions of sign-in attempts. Only ``LOGIN_FAILED`` counts towards a lock: a refused
+#: (throttled) attempt is recorded but never extends the lock it was refused by.
+LOGIN_OK = "login"
+LOGIN_FAILED = "login-failed"
+LOGIN_THROTTLED = "login-throttled"
 
 _hasher = PasswordHash.recommended()
 #: Verified against when the user does not exist, so that a wrong username costs as long as a
@@ -109,6 +122,42 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
     if new_hash is not None:
         user.password_hash = new_hash
     return user
+
+
+def audited_username(username: str) -> str:
+    """The user name as a sign-in attempt records it in the audit trail (and as throttling counts it)."""
+    return username.strip()[:64]
+
+
+def login_throttle(
+    session: Session, username: str, client: str, settings: Settings, now: dt.datetime | None = None
+) -> int | None:
+    """Seconds to wait before *username* may try to sign in from *client*, or ``None`` if it may now.
+
+    Locked when the audit trail holds ``settings.login_max_failures`` failed attempts within the last
+    ``settings.login_lockout_minutes`` for this user name, or from this client address. The wait
+    lasts until enough of those failures leave the window for the count to drop below the limit
+    (normally: until the oldest counted one does). Successful sign-ins do not reset the count.
+    An empty client address (none known) is not counted, so unknown peers do not lock each other.
+    """
+    now = now or utcnow()
+    window = dt.timedelta(minutes=settings.login_lockout_minutes)
+    since = now - window
+    waits: list[int] = []
+    for column, value in ((AuditEvent.username, audited_username(username)), (AuditEvent.client, client)):
+        if column is AuditEvent.client and not value:
+            continue
+        # The max-th most recent failure in the window: while it is there, the limit is reached.
+        nth = session.scalars(
+            select(AuditEvent.at)
+            .where(AuditEvent.action == LOGIN_FAILED, column == value, AuditEvent.at > since)
+            .order_by(AuditEvent.at.desc())
+            .offset(settings.login_max_failures - 1)
+            .limit(1)
+        ).first()
+        if nth is not None:
+            waits.append(math.ceil((nth + window - now).total_seconds()))
+    return max(1, *waits) if waits else None
 
 
 def issue_token(settings: Settings, user: User, now: dt.datetime | None = None) -> str:
