@@ -1,5 +1,6 @@
-"""``clinic dicom ae ...``, ``clinic dicom deliveries`` and ``clinic dicom resend``: the remote AEs
-(who may store to us, who receives AI results, where priors live) and the delivery of results.
+"""``clinic dicom ae ...``, ``clinic dicom deliveries``, ``clinic dicom build-failures`` and
+``clinic dicom resend``: the remote AEs (who may store to us, who receives AI results, where priors
+live), the delivery of results and the reads whose result objects could not be built.
 
 Every change of an AE writes an audit row (user ``cli:<login>``) in the same unit of work.
 Errors print one line (:class:`clinicctl.errors.CliError`).
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from clinic.network.models import RemoteAE
-    from clinic.results.service import DeliveryView
+    from clinic.results.service import BuildFailureView, DeliveryView
     from clinic.settings import Settings
 
 console = Console()
@@ -121,6 +122,22 @@ def deliveries_table(views: Sequence[DeliveryView]) -> Table:
             str(view.attempts),
             f"{when:%Y-%m-%d %H:%M:%S}",
             attempts if view.attempt_log else Text("—", style="dim"),
+        )
+    return table
+
+
+def build_failures_table(views: Sequence[BuildFailureView]) -> Table:
+    table = Table(title=f"Result objects not built ({len(views)})", title_justify="left")
+    for column in ("read", "study", "model", "failed (UTC)", "objects", "reason"):
+        table.add_column(column, overflow="fold")
+    for view in views:
+        table.add_row(
+            str(view.read_id),
+            view.study_uid,
+            f"{view.model_name} {view.model_version}",
+            f"{view.failed_at:%Y-%m-%d %H:%M:%S}" if view.failed_at is not None else "—",
+            str(view.objects),
+            Text(view.reason, style="red"),
         )
     return table
 
@@ -249,7 +266,7 @@ def deliveries(
     """AI result objects sent (or to be sent) to the PACS, with every attempt."""
     from clinic.db import unit_of_work
     from clinic.results.models import DeliveryStatus
-    from clinic.results.service import list_deliveries
+    from clinic.results.service import list_build_failures, list_deliveries
 
     if status is not None and status not in {s.value for s in DeliveryStatus}:
         raise CliError(
@@ -258,7 +275,30 @@ def deliveries(
     settings = _settings()
     with unit_of_work(_sessions(settings)) as session:
         views = list_deliveries(session, status=status, study_uid=study, limit=limit)
+        failed = len(list_build_failures(session, study_uid=study, limit=1000))
     console.print(deliveries_table(views))
+    if failed:
+        console.print(
+            Text(f"{failed} AI read(s) have result objects that could not be built", style="bold red")
+            + Text(": see `clinic dicom build-failures`")
+        )
+
+
+def build_failures(
+    study: Annotated[str | None, typer.Option("--study", help="Only this StudyInstanceUID.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show, latest failure first.")] = 50,
+) -> None:
+    """AI reads whose result objects (SR, SEG) could not be built, and why.
+
+    Fix the cause, then `clinic dicom resend STUDY_UID` builds the objects of reads that have none.
+    """
+    from clinic.db import unit_of_work
+    from clinic.results.service import list_build_failures
+
+    settings = _settings()
+    with unit_of_work(_sessions(settings)) as session:
+        views = list_build_failures(session, study_uid=study, limit=limit)
+    console.print(build_failures_table(views))
 
 
 def resend(
@@ -312,9 +352,10 @@ def register(
     settings: Callable[[], Settings],
     session_factory: Callable[[Settings], sessionmaker[Session]],
 ) -> None:
-    """Add ``ae``, ``deliveries`` and ``resend`` to the ``clinic dicom`` group."""
+    """Add ``ae``, ``deliveries``, ``build-failures`` and ``resend`` to the ``clinic dicom`` group."""
     _hooks["settings"] = settings
     _hooks["session_factory"] = session_factory
     dicom_app.add_typer(ae_app, name="ae")
     dicom_app.command("deliveries")(deliveries)
+    dicom_app.command("build-failures")(build_failures)
     dicom_app.command("resend")(resend)

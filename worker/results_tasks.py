@@ -7,7 +7,11 @@ has a mask), writes each object durably (:class:`integrations.dicom.storage.Inst
 records them, their deliveries and the deliveries' outbox rows in one unit of work
 (:func:`clinic.results.service.record_result_objects`). Idempotent: a read that already has objects
 gets none again (unless *revise*, which builds a new version that references the current one). A
-concurrent run of the same task loses at the commit and removes its files.
+concurrent run of the same task loses at the commit and removes its files. A build that fails for
+good (:class:`BuildError`, another permanent fault, or the last retry of a transient one) is
+recorded on the read with its reason (:func:`clinic.results.service.record_build_failure`), for
+``clinic dicom build-failures``, the admin API and the study page; a later successful build
+clears it.
 
 ``clinic.deliver_result(delivery_id)``: C-STORE of one object to one AE
 (:func:`integrations.dicom.scu.send_files`), one attempt row per try. The outcome decides:
@@ -34,6 +38,7 @@ from typing import Any
 
 from celery import Celery, Task
 from pydicom import Dataset, dcmread
+from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from clinic.db import unit_of_work
@@ -52,6 +57,7 @@ from clinic.results.service import (
     finish_attempt,
     handout_lease,
     read_sources,
+    record_build_failure,
     record_result_objects,
 )
 from clinic.settings import Settings
@@ -103,7 +109,10 @@ def build_datasets(settings: Settings, sources: ReadSources, revise: bool) -> li
         datasets = [dcmread(data_dir / path) for path in sources.source_files]
         predecessors = [dcmread(data_dir / path) for _kind, _uid, path in sources.latest] if revise else []
     except FileNotFoundError as exc:
-        raise BuildError(f"read {sources.read.id}: a source file is missing: {exc.filename}") from exc
+        missing = Path(str(exc.filename))
+        if missing.is_relative_to(data_dir):
+            missing = missing.relative_to(data_dir)
+        raise BuildError(f"read {sources.read.id}: a source file is missing: {missing.as_posix()}") from exc
     kwargs: dict[str, Any] = {}
     if sources.read.mask_path:
         mask, mask_uids = _load_mask(settings, sources.read.mask_path)
@@ -121,7 +130,19 @@ def build_datasets(settings: Settings, sources: ReadSources, revise: bool) -> li
             )
         )
     except (ValueError, TypeError, AttributeError) as exc:  # ResultObjectError, highdicom's checks
-        raise BuildError(f"read {sources.read.id}: {type(exc).__name__}: {exc}") from exc
+        message = redact(f"{type(exc).__name__}: {exc}", [*datasets, *predecessors])
+        raise BuildError(f"read {sources.read.id}: {message}") from exc
+
+
+def redact(message: str, datasets: Sequence[Dataset]) -> str:
+    """*message* without the patient names of *datasets* (a builder may quote a value it refused);
+    the reason of a failed build is shown to admins and kept on the read."""
+    for ds in datasets:
+        name = str(ds.get("PatientName", "") or "").strip()
+        for form in {name, name.replace("^", " ").strip()}:
+            if len(form) > 1:
+                message = message.replace(form, "<patient name>")
+    return message
 
 
 def _meta(ds: Dataset, stored: StoredFile) -> InstanceMeta:
@@ -188,25 +209,57 @@ def _read_sources(factory: sessionmaker[Session], read_id: int) -> ReadSources |
             raise BuildError(str(exc)) from exc
 
 
+def failure_reason(exc: BaseException) -> str:
+    """What to record of a fault that is not a :class:`BuildError`: its type and first line. A
+    database error's SQL and parameters (which may hold patient data) are left out."""
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        lines = str(exc.orig).strip().splitlines()
+        return f"{type(exc).__name__}: {lines[0] if lines else type(exc.orig).__name__}"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def record_failure(factory: sessionmaker[Session], read_id: int, reason: str) -> None:
+    """Note the failure on the read, in its own unit of work; a fault doing so is logged only (the
+    build's outcome stands, and the log says why)."""
+    try:
+        with unit_of_work(factory) as session:
+            record_build_failure(session, read_id, reason)
+    except Exception:
+        log.exception("build_results: read %s: the failure could not be recorded", read_id)
+
+
 def build_results(context: WorkerContext, read_id: int, revise: bool = False) -> str:
     """Build, store and record the read's result objects; ``built``, ``exists``, ``lost-race``,
-    ``no-read`` or ``failed`` (a permanent fault, logged with its reason)."""
-    settings = context.settings
-    factory = context.session_factory
+    ``no-read`` or ``failed`` (a permanent fault: logged, and recorded on the read with its reason
+    until a later build succeeds). A fault that is not a :class:`BuildError` is recorded too when
+    it is permanent, and raised; a transient one is raised for a retry."""
     try:
-        sources = _read_sources(factory, read_id)
-        if sources is None:
-            log.warning("build_results: read %s does not exist", read_id)
-            return "no-read"
-        if sources.existing and not revise:
-            log.info("build_results: read %s has its objects already", read_id)
-            return "exists"
-        store = InstanceStore.from_settings(settings)
-        replaced = {kind: uid for kind, uid, _path in sources.latest} if revise else {}
-        written = write_objects(store, build_datasets(settings, sources, revise), replaced)
+        return _build_results(context, read_id, revise)
     except BuildError as exc:
         log.error("build_results: read %s: objects cannot be built: %s", read_id, exc)
+        record_failure(context.session_factory, read_id, str(exc))
         return "failed"
+    except Exception as exc:
+        if not is_transient(exc):
+            log.error("build_results: read %s: objects cannot be built: %s", read_id, failure_reason(exc))
+            record_failure(context.session_factory, read_id, failure_reason(exc))
+        raise
+
+
+def _build_results(context: WorkerContext, read_id: int, revise: bool) -> str:
+    settings = context.settings
+    factory = context.session_factory
+    sources = _read_sources(factory, read_id)
+    if sources is None:
+        log.warning("build_results: read %s does not exist", read_id)
+        return "no-read"
+    if sources.existing and not revise:
+        log.info("build_results: read %s has its objects already", read_id)
+        return "exists"
+    store = InstanceStore.from_settings(settings)
+    replaced = {kind: uid for kind, uid, _path in sources.latest} if revise else {}
+    written = write_objects(store, build_datasets(settings, sources, revise), replaced)
     try:
         with unit_of_work(factory) as session:
             created = record_result_objects(
@@ -321,7 +374,11 @@ def register(app: Celery, settings: Settings) -> None:
             return build_results(process_context(settings), int(read_id), bool(revise))
         except Exception as exc:
             if not is_transient(exc):
-                raise
+                raise  # recorded on the read by build_results
+            if self.request.retries >= (self.max_retries or 0):  # the last try: permanent now
+                reason = f"gave up after {self.request.retries} retries: {failure_reason(exc)}"
+                log.error("build_results: read %s: %s", read_id, reason)
+                record_failure(process_context(settings).session_factory, int(read_id), reason)
             raise _retry(self, exc, f"build_results({read_id})") from exc
 
     @app.task(name=DELIVER_RESULT_TASK, bind=True, max_retries=MAX_RETRIES, acks_late=True)

@@ -68,6 +68,11 @@ class AIRead(Base):
     device: Mapped[str] = mapped_column(String(32), default="cpu")
     inference_ms: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    #: Why the read's result objects (SR, SEG) could not be built, when the last build failed for
+    #: good (identifiers and the builder's message, never patient data); empty otherwise.
+    results_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    #: When that build failed; cleared (with the reason) when a later build succeeds.
+    results_failed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
 
     findings: Mapped[list[AIFinding]] = relationship(
         back_populates="read", order_by="AIFinding.id", cascade="all, delete-orphan", lazy="selectin"

@@ -155,6 +155,8 @@ class ReadOut(BaseModel):
     inference_ms: float
     created_at: dt.datetime
     findings: list[FindingOut]
+    #: Why the read's result objects (SR, SEG for the PACS) could not be built; empty when they were.
+    results_error: str = ""
 
     @classmethod
     def from_view(cls, r: ReadView) -> ReadOut:
@@ -170,6 +172,7 @@ class ReadOut(BaseModel):
             inference_ms=r.inference_ms,
             created_at=r.created_at,
             findings=[FindingOut.from_view(f) for f in r.findings],
+            results_error=r.results_error,
         )
 
 

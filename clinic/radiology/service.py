@@ -110,6 +110,8 @@ class ReadView:
     inference_ms: float
     created_at: dt.datetime
     findings: tuple[FindingView, ...]
+    #: Why the read's result objects (SR, SEG for the PACS) could not be built; empty when they were.
+    results_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -308,6 +310,7 @@ def study_detail(
                 inference_ms=r.inference_ms,
                 created_at=r.created_at,
                 findings=tuple(_finding_views(r)),
+                results_error=r.results_error,
             )
             for r in reads
         ),

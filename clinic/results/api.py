@@ -1,8 +1,10 @@
 """Result deliveries over HTTP, for admins: list them with their attempts, replay a study.
 
-``GET /api/admin/dicom/deliveries`` and ``POST /api/admin/dicom/studies/{uid}/resend``; the same
-as ``clinic dicom deliveries`` and ``clinic dicom resend`` (DESIGN.md §4 rule 4: failures are
-visible and replayable). A replay writes an audit row in the request's unit of work.
+``GET /api/admin/dicom/deliveries``, ``GET /api/admin/dicom/build-failures`` (reads whose result
+objects could not be built, and why) and ``POST /api/admin/dicom/studies/{uid}/resend``; the same
+as ``clinic dicom deliveries``, ``clinic dicom build-failures`` and ``clinic dicom resend``
+(DESIGN.md §4 rule 4: failures are visible and replayable). A replay writes an audit row in the
+request's unit of work.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from clinic.auth.deps import require_roles
 from clinic.auth.models import Role, User
 from clinic.results import service
 from clinic.results.models import DeliveryStatus
-from clinic.results.schemas import DeliveryOut, ResendOut
+from clinic.results.schemas import BuildFailureOut, DeliveryOut, ResendOut
 from clinic.web.deps import ClientDep, SessionDep, SettingsDep
 
 router = APIRouter(prefix="/api/admin/dicom", tags=["dicom-admin"])
@@ -35,6 +37,19 @@ def list_deliveries(
     """Deliveries of result objects, newest first, each with its attempts."""
     views = service.list_deliveries(session, status=status_, study_uid=study_uid, limit=limit)
     return [DeliveryOut.model_validate(v) for v in views]
+
+
+@router.get("/build-failures", response_model=list[BuildFailureOut])
+def list_build_failures(
+    session: SessionDep,
+    _admin: AdminUser,
+    study_uid: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[BuildFailureOut]:
+    """AI reads whose result objects could not be built, the latest failure first, with the
+    reason; ``POST /studies/{uid}/resend`` builds them again."""
+    views = service.list_build_failures(session, study_uid=study_uid, limit=limit)
+    return [BuildFailureOut.model_validate(v) for v in views]
 
 
 @router.post("/studies/{study_uid}/resend", response_model=ResendOut)

@@ -1,4 +1,5 @@
-"""Response bodies of the result-delivery admin API (``/api/admin/dicom/deliveries``)."""
+"""Response bodies of the result-delivery admin API (``/api/admin/dicom/deliveries``,
+``/api/admin/dicom/build-failures``)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,19 @@ class ResendOut(BaseModel):
     deliveries: list[int]
     #: Reads of the study whose result objects are built again (they had none).
     rebuilt_reads: list[int]
+
+
+class BuildFailureOut(BaseModel):
+    """A read whose result objects (SR, SEG) could not be built, and why."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    read_id: int
+    study_uid: str
+    model_id: str
+    model_name: str
+    model_version: str
+    failed_at: dt.datetime | None
+    reason: str
+    #: Result objects the read has anyway (0: none; ``resend`` of the study builds them again).
+    objects: int

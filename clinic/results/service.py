@@ -8,7 +8,9 @@ The path of a result:
    calls :func:`record_result_objects`: in one unit of work each object becomes an instance of its
    study (served like any other), a :class:`ResultObject`, and one :class:`Delivery` with its
    ``clinic.deliver_result(delivery_id)`` outbox row per destination AE. A second run for the same
-   read finds the objects and creates nothing.
+   read finds the objects and creates nothing. A build that fails for good is noted on the read
+   (:func:`record_build_failure`, listed by :func:`list_build_failures`); the unit of work of a
+   later successful build clears it.
 3. ``clinic.deliver_result`` claims the delivery (:func:`claim_delivery`: an attempt row marked
    ``running``), sends, and records the outcome (:func:`finish_attempt`): sent, refused for good
    (``failed``, replayable with :func:`resend_study`) or a transient fault, after which the delivery
@@ -28,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from clinic.ai.models import AIRead
@@ -259,11 +261,37 @@ def record_result_objects(
         session.add(result)
         created.append(result)
     session.flush()
+    clear_build_failure(read)
     destinations = result_destinations(session)
     for result in created:
         for destination in destinations:
             _hand_out(session, _new_delivery(session, result, destination, now), now, handout_lease)
     return created
+
+
+#: Longest reason kept for a failed build.
+MAX_REASON = 2000
+
+
+def record_build_failure(
+    session: Session, read_id: int, reason: str, *, now: dt.datetime | None = None
+) -> bool:
+    """Note on the read that its result objects cannot be built, and why; False when there is no
+    such read. *reason* names identifiers and the builder's complaint, never patient data (the
+    caller's duty). Its own unit of work: the build's files and rows are not part of it."""
+    read = session.scalars(select(AIRead).where(AIRead.id == read_id).with_for_update()).one_or_none()
+    if read is None:
+        return False
+    read.results_error = (reason.strip() or "unknown error")[:MAX_REASON]
+    read.results_failed_at = now or utcnow()
+    return True
+
+
+def clear_build_failure(read: AIRead) -> None:
+    """A build succeeded: the read's earlier failure, if any, is over (in the build's unit of work)."""
+    if read.results_error or read.results_failed_at is not None:
+        read.results_error = ""
+        read.results_failed_at = None
 
 
 # --- delivering ----------------------------------------------------------------------------------
@@ -574,3 +602,48 @@ def list_deliveries(
             )
         )
     return views
+
+
+@dataclass(frozen=True)
+class BuildFailureView:
+    """A read whose result objects could not be built (identifiers only: no patient data)."""
+
+    read_id: int
+    study_uid: str
+    model_id: str
+    model_name: str
+    model_version: str
+    failed_at: dt.datetime | None
+    reason: str
+    #: Result objects the read has anyway (from an earlier build; a failed revision keeps them).
+    objects: int
+
+
+def list_build_failures(
+    session: Session, *, study_uid: str | None = None, limit: int = 200
+) -> list[BuildFailureView]:
+    """Reads whose last build of result objects failed for good, the latest failure first.
+    ``clinic dicom resend STUDY_UID`` builds again the objects of those that have none."""
+    objects = select(func.count(ResultObject.id)).where(ResultObject.read_id == AIRead.id).scalar_subquery()
+    query = (
+        select(AIRead, Study.study_uid, objects)
+        .join(Study, Study.id == AIRead.study_id)
+        .where(AIRead.results_error != "")
+        .order_by(AIRead.results_failed_at.desc(), AIRead.id.desc())
+        .limit(limit)
+    )
+    if study_uid:
+        query = query.where(Study.study_uid == study_uid.strip())
+    return [
+        BuildFailureView(
+            read_id=read.id,
+            study_uid=uid,
+            model_id=read.model_id,
+            model_name=read.model_name,
+            model_version=read.model_version,
+            failed_at=read.results_failed_at,
+            reason=read.results_error,
+            objects=int(n or 0),
+        )
+        for read, uid, n in session.execute(query).all()
+    ]

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage  
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from clinic.ai.models import SYNTHETIC_DISCLAIMER
+from clinic.ai.models import SYNTHETIC_DISCLAIMER, AIRead
 from clinic.ai.service import FindingIn, ReadIn, record_read
 from clinic.db import unit_of_work, utcnow
 from clinic.imaging.models import Instance, ReceiveStatus, Series, Study
@@ -38,6 +38,7 @@ from clinic.results.service import (
     BUILD_RESULTS_TASK,
     DELIVER_RESULT_TASK,
     claim_delivery,
+    list_build_failures,
     list_deliveries,
     replay_study,
     requeue_due_deliveries,
@@ -322,6 +323,113 @@ def test_missing_source_fails_the_build_visibly(
     assert build_results(context, read_id) == "failed"
     assert "source file is missing" in caplog.text
     assert count(session_factory, ResultObject) == 0
+
+
+def read_row(factory: sessionmaker[Session], read_id: int) -> AIRead:
+    with unit_of_work(factory) as session:
+        read = session.get(AIRead, read_id)
+        assert read is not None
+        return read
+
+
+@SQLITE_ONLY
+def test_a_failed_build_is_recorded_listed_shown_and_cleared_by_a_rebuild(
+    context: WorkerContext, session_factory: sessionmaker[Session]
+) -> None:
+    """The source image is gone when the task runs: the read carries the reason (no patient name),
+    the admin API, ``clinic dicom build-failures`` and the study page show it, and once the file
+    is back ``clinic dicom resend`` builds the objects and the failure is gone."""
+    from fastapi.testclient import TestClient
+
+    from clinic.auth.models import Role
+    from clinic.web.app import create_app
+    from tests.clinic.helpers import add_user, bearer, token_for
+    from tests.clinic.test_network import invoke
+
+    settings = context.settings
+    read_id, study_uid = cxr_read(settings, session_factory)
+    with unit_of_work(session_factory) as session:
+        (source,) = session.scalars(select(Instance)).all()
+        relative, study_id = source.file_path, source.series.study_id
+    path = settings.resolved_data_dir / relative
+    kept = path.read_bytes()
+    path.unlink()
+
+    assert build_results(context, read_id) == "failed"
+    read = read_row(session_factory, read_id)
+    assert read.results_error == f"read {read_id}: a source file is missing: {relative}"
+    assert read.results_failed_at is not None
+    assert "TEST" not in read.results_error and str(settings.resolved_data_dir) not in read.results_error
+    assert count(session_factory, ResultObject) == 0
+
+    with unit_of_work(session_factory) as session:
+        (view,) = list_build_failures(session)
+        assert list_build_failures(session, study_uid="9.9.9") == []
+    assert (view.read_id, view.study_uid, view.model_name, view.objects) == (
+        read_id,
+        study_uid,
+        MODEL_NAME,
+        0,
+    )
+
+    with TestClient(create_app(settings, session_factory)) as client:
+        add_user(session_factory, "admin1", Role.ADMIN)
+        add_user(session_factory, "rad1", Role.RADIOLOGIST)
+        admin, radiologist = bearer(token_for(client, "admin1")), bearer(token_for(client, "rad1"))
+        listed = client.get("/api/admin/dicom/build-failures", headers=admin)
+        assert listed.status_code == 200, listed.text
+        (row,) = listed.json()
+        assert (row["read_id"], row["study_uid"], row["model_name"], row["model_version"]) == (
+            read_id,
+            study_uid,
+            MODEL_NAME,
+            "0.3.1",
+        )
+        assert row["reason"] == read.results_error and row["failed_at"] is not None and row["objects"] == 0
+        assert client.get("/api/admin/dicom/build-failures", headers=radiologist).status_code == 403
+        detail = client.get(f"/api/radiology/studies/{study_id}", headers=radiologist)
+        assert detail.status_code == 200, detail.text
+        assert [r["results_error"] for r in detail.json()["reads"]] == [read.results_error]
+        page = client.get(f"/radiology/studies/{study_id}", headers=radiologist)
+        assert page.status_code == 200
+        assert f"Result objects could not be built: {read.results_error}" in page.text
+
+    code, out = invoke(settings.resolved_data_dir, "dicom", "build-failures")
+    assert code == 0, out
+    assert "Result objects not built (1)" in out and "a source file is missing" in out
+    assert study_uid in out and f"{MODEL_NAME} 0.3.1" in out
+    code, out = invoke(settings.resolved_data_dir, "dicom", "deliveries")
+    assert code == 0 and "1 AI read(s) have result objects that could not be built" in out, out
+
+    # The cause is fixed (the file is back); the replay builds the objects and clears the failure.
+    path.write_bytes(kept)
+    code, out = invoke(settings.resolved_data_dir, "dicom", "resend", study_uid)
+    assert code == 0 and "result objects of 1 read(s) to be built" in out, out
+    assert (BUILD_RESULTS_TASK, {"read_id": read_id}) in outbox_tasks(session_factory)
+    assert build_results(context, read_id) == "built"
+    read = read_row(session_factory, read_id)
+    assert (read.results_error, read.results_failed_at) == ("", None)
+    code, out = invoke(settings.resolved_data_dir, "dicom", "build-failures")
+    assert code == 0 and "Result objects not built (0)" in out, out
+
+
+@SQLITE_ONLY
+def test_a_permanent_fault_outside_the_builder_is_recorded_and_raised(
+    context: WorkerContext, session_factory: sessionmaker[Session]
+) -> None:
+    """Not a BuildError and not transient (the source file is no DICOM file any more): the task
+    fails as before (Celery does not retry it), and the read says why."""
+    from pydicom.errors import InvalidDicomError
+
+    read_id, _study_uid = cxr_read(context.settings, session_factory)
+    with unit_of_work(session_factory) as session:
+        (source,) = session.scalars(select(Instance.file_path)).all()
+    (context.settings.resolved_data_dir / source).write_bytes(b"not a DICOM file")
+    with pytest.raises(InvalidDicomError):
+        build_results(context, read_id)
+    read = read_row(session_factory, read_id)
+    assert read.results_error.startswith("InvalidDicomError: "), read.results_error
+    assert len(read.results_error.splitlines()) == 1 and read.results_failed_at is not None
 
 
 # --- delivering --------------------------------------------------------------------------------
