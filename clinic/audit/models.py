@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clinic.db import Base, UTCDateTime, utcnow
@@ -12,6 +12,11 @@ from clinic.db import Base, UTCDateTime, utcnow
 
 class AuditEvent(Base):
     __tablename__ = "audit_events"
+    __table_args__ = (
+        # Login throttling counts recent failed sign-ins per user name and per client address.
+        Index("ix_audit_events_action_username_at", "action", "username", "at"),
+        Index("ix_audit_events_action_client_at", "action", "client", "at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
