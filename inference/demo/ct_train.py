@@ -42,7 +42,7 @@ CT_MODEL_ID = "ct-nodule-demo"
 CT_MODEL_NAME = "Lung nodule segmentation (demo)"
 CT_MODEL_VERSION = "0.1.0"
 #: Bump when the phantoms or the training change: ct_bundle_exists() then says the bundle is stale.
-RECIPE = "ct-nodule-demo-r2"
+RECIPE = "ct-nodule-demo-r3"
 FINDING_CODE = "lung_nodule"
 FINDING_LABEL = "Lung nodule"
 #: (z, y, x) mm. The slices keep a usual 2.5 mm; in-plane 1.4 mm still gives an 8 mm nodule a
@@ -72,13 +72,17 @@ Progress = Callable[[str, int, int], None]
 class CTTrainConfig:
     """The recipe; the defaults are the demo model's (about two minutes on 2 CPU cores)."""
 
-    n_train: int = 20
+    #: r3: 32 phantoms (20 in r2) and more juxtapleural nodules (0.6, was 0.5). r2 trained on
+    #: another machine passed the quality test; trained here (same seed, bit-for-bit reproducible
+    #: on one machine, not across CPUs) it half-missed a 20 mm juxtapleural nodule (pooled Dice
+    #: 0.785 on the test's held-out set). r3 here: pooled 0.888, lowest 0.82, in the same ~90 s.
+    n_train: int = 32
     #: at WORKING_SPACING: 100–280 mm, slabs anywhere from the lung bases to above the apices (a
     #: model that never saw an apex takes it for a nodule)
     train_slices: tuple[int, int] = (40, 112)
     train_size: tuple[int, int] = (224, 288)  # in-plane voxels: a 314–403 mm field of view
     nodules_per_volume: tuple[int, int] = (3, 6)  # per 48 slices (120 mm)
-    juxtapleural_fraction: float = 0.5  # more than at evaluation: the chest wall hides their base
+    juxtapleural_fraction: float = 0.6  # more than at evaluation: the chest wall hides their base
     patch: tuple[int, int, int] = (16, 48, 48)  # 40 × 67 × 67 mm
     batch_size: int = 8
     #: 2000 steps of the residual-free UNet beat 1000 of the one with residual units in the same
