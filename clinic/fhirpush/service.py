@@ -1,12 +1,13 @@
 """The FHIR push queue (``fhir_outbound``): AI reads' DiagnosticReports to an external FHIR server.
 
-The same delivery discipline as outbound HL7 (``clinic.messages.outbound``; DESIGN.md §4 rules
-2-4): a ``pending`` row and its task's outbox row commit with the read (:func:`queue_push`); the
-task :func:`claim` s the row (the token, ``attempts``, makes a duplicated task message a no-op),
-sends outside any transaction, and :func:`record_attempt` stores the outcome with one
-:class:`FhirOutboundAttempt`: ``success`` -> ``sent``; ``permanent`` -> ``failed`` (listed by
-``clinic fhir outbound --status failed``); ``transient`` -> ``pending`` again after a backoff,
-handed out by the relay's sweep (:func:`dispatch_due`). The caller owns the transaction.
+The same delivery discipline as outbound HL7 (:class:`clinic.outbox.delivery.DeliveryQueue`;
+DESIGN.md §4 rules 2-4): a ``pending`` row and its task's outbox row commit with the read
+(:func:`queue_push`); the task :func:`claim` s the row (the token, ``attempts``, makes a
+duplicated task message a no-op), sends outside any transaction, and :func:`record_attempt` stores
+the outcome with one :class:`FhirOutboundAttempt`: ``success`` -> ``sent``; ``permanent`` ->
+``failed`` (listed by ``clinic fhir outbound --status failed``); ``transient`` -> ``pending``
+again after a backoff, handed out by the relay's sweep (:func:`dispatch_due`). The caller owns the
+transaction.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 from clinic.db import utcnow
 from clinic.fhirpush.models import FhirOutbound, FhirOutboundAttempt, PushOutcome, PushStatus
 from clinic.messages.outbound import DISPATCH_LEASE
-from clinic.outbox import service as outbox
+from clinic.outbox.delivery import DeliveryQueue
 
 #: Celery task name (``worker.fhir_tasks`` defines it) and its queue.
 PUSH_TASK = "clinic.fhir_push"
@@ -53,25 +54,18 @@ def queue_push(session: Session, resource_type: str, resource_id: str, url: str)
     return row
 
 
+QUEUE: DeliveryQueue[FhirOutbound] = DeliveryQueue(
+    FhirOutbound, PUSH_TASK, PUSH_QUEUE, dispatch_lease=DISPATCH_LEASE, send_lease=SEND_LEASE
+)
+
+
 def dispatch(session: Session, row: FhirOutbound, now: dt.datetime | None = None) -> None:
-    now = now or utcnow()
-    outbox.enqueue(session, PUSH_TASK, PUSH_QUEUE, {"outbound_id": row.id, "token": row.attempts})
-    row.next_attempt_at = now + DISPATCH_LEASE
+    QUEUE.dispatch(session, row, now)
 
 
 def dispatch_due(session: Session, now: dt.datetime | None = None, limit: int = 100) -> list[int]:
     """Hand out pending pushes that are due (the relay's sweep); their ids."""
-    now = now or utcnow()
-    rows = session.scalars(
-        select(FhirOutbound)
-        .where(FhirOutbound.status == PushStatus.PENDING, FhirOutbound.next_attempt_at <= now)
-        .order_by(FhirOutbound.next_attempt_at, FhirOutbound.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    for row in rows:
-        dispatch(session, row, now)
-    return [row.id for row in rows]
+    return QUEUE.dispatch_due(session, now, limit)
 
 
 @dataclass(frozen=True)
@@ -87,13 +81,9 @@ def claim(
     session: Session, outbound_id: int, token: int, now: dt.datetime | None = None
 ) -> ClaimedPush | None:
     """Take *outbound_id* for one attempt; None when not pending or *token* is stale."""
-    row = session.scalars(
-        select(FhirOutbound).where(FhirOutbound.id == outbound_id).with_for_update()
-    ).one_or_none()
-    if row is None or row.status != PushStatus.PENDING or row.attempts != token:
+    row = QUEUE.claim(session, outbound_id, token, now)
+    if row is None:
         return None
-    row.attempts += 1
-    row.next_attempt_at = (now or utcnow()) + SEND_LEASE
     return ClaimedPush(row.id, row.resource_type, row.resource_id, row.url, row.attempts)
 
 
@@ -116,13 +106,7 @@ def record_attempt(
             outbound_id=row.id, at=now, outcome=outcome, http_status=http_status, error=error[:4000]
         )
     )
-    row.last_error = error[:4000]
-    if outcome is PushOutcome.SUCCESS:
-        row.status, row.sent_at = PushStatus.SENT, now
-    elif outcome is PushOutcome.PERMANENT:
-        row.status = PushStatus.FAILED
-    else:
-        row.next_attempt_at = now + retry_in
+    QUEUE.settle(row, outcome, error=error, retry_in=retry_in, now=now)
     return row
 
 

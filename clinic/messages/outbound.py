@@ -1,7 +1,8 @@
 """Outbound HL7 v2 messages (``hl7_outbound``): the queue, its delivery bookkeeping, and what an
 AI-result message says.
 
-Delivery (DESIGN.md §4 rules 2-4; Saleor's webhook deliveries):
+Delivery (DESIGN.md §4 rules 2-4; Saleor's webhook deliveries; the discipline is
+:class:`clinic.outbox.delivery.DeliveryQueue`, shared with the FHIR pushes):
 
 * a message is queued as a ``pending`` row in the transaction of the state it reports (the AI read),
   with the outbox row of its delivery task (:func:`dispatch`);
@@ -34,7 +35,7 @@ from clinic.db import utcnow
 from clinic.imaging.models import Study
 from clinic.messages.models import OutboundHL7, OutboundHL7Attempt
 from clinic.orders.models import ImagingOrder, OrderStatus
-from clinic.outbox import service as outbox
+from clinic.outbox.delivery import DeliveryQueue
 from clinic.patients.models import Patient
 
 #: Celery task name of the delivery task (``worker.hl7_tasks`` defines it) and its queue.
@@ -106,30 +107,20 @@ def find_for_subject(
     ).first()
 
 
+QUEUE: DeliveryQueue[OutboundHL7] = DeliveryQueue(
+    OutboundHL7, DELIVER_TASK, DELIVER_QUEUE, dispatch_lease=DISPATCH_LEASE, send_lease=SEND_LEASE
+)
+
+
 def dispatch(session: Session, row: OutboundHL7, now: dt.datetime | None = None) -> None:
     """Write the delivery task's outbox row for *row*; the row is not due again for a lease."""
-    now = now or utcnow()
-    outbox.enqueue(session, DELIVER_TASK, DELIVER_QUEUE, {"outbound_id": row.id, "token": row.attempts})
-    row.next_attempt_at = now + DISPATCH_LEASE
+    QUEUE.dispatch(session, row, now)
 
 
 def dispatch_due(session: Session, now: dt.datetime | None = None, limit: int = 100) -> list[int]:
-    """Dispatch pending rows that are due (the relay's sweep); returns their ids."""
-    now = now or utcnow()
-    rows = session.scalars(
-        select(OutboundHL7)
-        .where(
-            OutboundHL7.status == OutboundStatus.PENDING,
-            OutboundHL7.next_attempt_at <= now,
-            OutboundHL7.destination != "",
-        )
-        .order_by(OutboundHL7.next_attempt_at, OutboundHL7.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    for row in rows:
-        dispatch(session, row, now)
-    return [row.id for row in rows]
+    """Dispatch pending rows that are due (the relay's sweep); returns their ids. Rows without a
+    destination (held application ACKs) are never handed out."""
+    return QUEUE.dispatch_due(session, now, limit, where=[OutboundHL7.destination != ""])
 
 
 @dataclass(frozen=True)
@@ -154,14 +145,9 @@ class Claimed:
 def claim(session: Session, outbound_id: int, token: int, now: dt.datetime | None = None) -> Claimed | None:
     """Take *outbound_id* for one send, or ``None`` when it is not pending or *token* (the attempt
     count at dispatch) is stale: another task message for it ran already."""
-    row = session.scalars(
-        select(OutboundHL7).where(OutboundHL7.id == outbound_id).with_for_update()
-    ).one_or_none()
-    if row is None or row.status != OutboundStatus.PENDING or row.attempts != token:
+    row = QUEUE.claim(session, outbound_id, token, now)
+    if row is None:
         return None
-    now = now or utcnow()
-    row.attempts += 1
-    row.next_attempt_at = now + SEND_LEASE
     return Claimed(
         row.id, row.destination, row.control_id, row.raw, row.attempts, row.message_type,
         row.subject_kind, row.subject_id,
@@ -198,14 +184,7 @@ def record_attempt(
         )
     )
     row.ack_code = ack_code[:2]
-    row.last_error = error[:4000]
-    if outcome is AttemptOutcome.SUCCESS:
-        row.status = OutboundStatus.SENT
-        row.sent_at = now
-    elif outcome is AttemptOutcome.PERMANENT:
-        row.status = OutboundStatus.FAILED
-    else:
-        row.next_attempt_at = now + retry_in
+    QUEUE.settle(row, outcome, error=error, retry_in=retry_in, now=now)
     return row
 
 
