@@ -31,7 +31,10 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 def client_address(request: Request) -> str:
-    """The peer's address as the server saw it (proxies' headers are not trusted)."""
+    """The client's address: the peer's, or, when the peer is a trusted reverse proxy, the one its
+    ``X-Forwarded-For`` names (uvicorn's proxy-headers middleware rewrites it before us; it trusts
+    127.0.0.1 and ::1, or the addresses in ``FORWARDED_ALLOW_IPS``). Login throttling counts per
+    this address, so a proxy on another host must be listed there."""
     return request.client.host if request.client else ""
 
 
