@@ -104,10 +104,10 @@ def record_instance(session: Session, meta: InstanceMeta, now: dt.datetime | Non
         "received_at": now,
     }
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(Instance).values(**values)
-    statement = statement.on_conflict_do_update(
+    upsert = insert(Instance).values(**values)
+    statement = upsert.on_conflict_do_update(
         index_elements=[Instance.sop_instance_uid],
-        set_={k: statement.excluded[k] for k in values if k != "sop_instance_uid"},
+        set_={k: upsert.excluded[k] for k in values if k != "sop_instance_uid"},
     ).returning(Instance.id)
     instance_id = session.execute(statement).scalar_one()
     # Keep ORM objects already loaded in this session (tests, the web app) in step with the rows.

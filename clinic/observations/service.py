@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, cast
 
-from sqlalchemy import Boolean, Insert, Row, Table, TextClause, column, select, text
+from sqlalchemy import Boolean, Insert, Row, Table, TextualSelect, column, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -83,7 +83,7 @@ def _rows(observations: Sequence[ObservationIn]) -> dict[tuple[object, ...], dic
     return rows
 
 
-def natural_key(row: Mapping[str, object] | ObservationIn) -> tuple[object, ...]:
+def natural_key(row: Mapping[Any, Any] | ObservationIn) -> tuple[object, ...]:
     """The natural key of a row (a mapping of column values) or of an :class:`ObservationIn`
     (its device cut to the column's size, as stored)."""
     if isinstance(row, ObservationIn):
@@ -141,7 +141,7 @@ def upsert_observations(
 
 
 @functools.cache
-def _pg_unnest_upsert() -> tuple[TextClause, tuple[str, ...]]:
+def _pg_unnest_upsert() -> tuple[TextualSelect, tuple[str, ...]]:
     """The PostgreSQL batch upsert (one array parameter per column) and its column names."""
     table = cast(Table, Observation.__table__)
     dialect = postgresql.dialect()

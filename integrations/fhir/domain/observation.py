@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Row, Table, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -66,7 +66,8 @@ def _seconds(moment: dt.datetime) -> str | None:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def observation_body(row: Observation) -> dict[str, Any]:
+def observation_body(row: Observation | Row[Any]) -> dict[str, Any]:
+    """The FHIR view of an observation: an ORM row, or a plain row of the table's columns."""
     coding = []
     if row.code in VITAL_LOINC:
         code, display = VITAL_LOINC[row.code]

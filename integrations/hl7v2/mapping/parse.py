@@ -312,9 +312,9 @@ def parse_datetime(value: str, location: str = "") -> dt.datetime | None:
     except ValueError:
         raise _bad_time(location) from None
     if offset is None:
-        zone = _SENDER_ZONE.get()
+        sender = _SENDER_ZONE.get()
         # naive: the sender's zone when configured, else this machine's
-        return moment.replace(tzinfo=zone) if zone is not None else moment.astimezone()
+        return moment.replace(tzinfo=sender) if sender is not None else moment.astimezone()
     return moment.replace(tzinfo=offset)
 
 
