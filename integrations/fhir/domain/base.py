@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Select, String, cast, or_
@@ -192,20 +193,36 @@ class ProjectedProvider(StoredProvider):
             rows = list(self.pending(session, since, SYNC_CHUNK, after))
             if not rows:
                 break
-            self._project_chunk(session, rows)
+            self.project_many(session, [(logical_id, body, None) for logical_id, body in rows])
             done += len(rows)
             after = max(int(i) for i, _ in rows)
         if not done:
             self._synced_at = started
         return done
 
-    def _project_chunk(self, session: Session, rows: list[tuple[str, dict[str, Any]]]) -> None:
-        current = {s.logical_id for s in store.get_many(session, self.resource_type, [i for i, _ in rows])}
-        fresh = [(i, b) for i, b in rows if i not in current]
-        if fresh and len({i for i, _ in fresh}) == len(fresh):
+    def project_many(
+        self,
+        session: Session,
+        rows: Sequence[tuple[str, dict[str, Any], dict[str, Any] | None]],
+        look_up: Collection[str] | None = None,
+    ) -> list[StoredResource]:
+        """Project each (logical id, body, extras) as :meth:`project` does, in order. The ids with no
+        projection yet, once each, are created together (one bulk insert); the others, and all of
+        them when a concurrent request projected one meanwhile, one by one. *look_up*: the ids that
+        may have a projection (default: all); a caller that knows a row is new leaves it out."""
+        ids = [logical_id for logical_id, _, _ in rows]
+        wanted = ids if look_up is None else list(look_up)
+        current = (
+            {s.logical_id for s in store.get_many(session, self.resource_type, wanted)} if wanted else set()
+        )
+        once = Counter(ids)
+        first = [n for n, logical_id in enumerate(ids) if logical_id not in current and once[logical_id] == 1]
+        created: dict[int, StoredResource] = {}
+        if first:
             items = []
-            for logical_id, body in fresh:
-                full = {"resourceType": self.resource_type, "id": logical_id, **body}
+            for n in first:
+                logical_id, body, extras = rows[n]
+                full = {"resourceType": self.resource_type, "id": logical_id, **body, **(extras or {})}
                 items.append(
                     store.NewResource(
                         self.resource_type, logical_id, full, index_entries(self.resource_type, full)
@@ -213,12 +230,15 @@ class ProjectedProvider(StoredProvider):
                 )
             try:
                 with session.begin_nested():
-                    store.create_many(session, items)
-                rows = [(i, b) for i, b in rows if i in current]
+                    created.update(zip(first, store.create_many(session, items), strict=True))
             except IntegrityError:  # a concurrent request projected some: one by one below
                 pass
-        for logical_id, body in rows:
-            self.project(session, logical_id, body)
+        stored = []
+        for n, (logical_id, body, extras) in enumerate(rows):
+            result = created.get(n) or self.project(session, logical_id, body, extras)
+            assert result is not None  # project() returns the stored version on a lost race
+            stored.append(result)
+        return stored
 
     def project(
         self,

@@ -9,15 +9,12 @@ Observations created through FHIR that are not domain rows stay generic-stored (
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from clinic.fhirstore import service as store
 from clinic.observations.models import Observation, VitalSign
 from clinic.observations.service import ObservationIn, natural_key, upsert_observations
 from clinic.patients.models import Patient
@@ -32,7 +29,6 @@ from integrations.fhir.domain.base import (
 )
 from integrations.fhir.outcome import unprocessable
 from integrations.fhir.providers import NewResource, StoredResource
-from integrations.fhir.search import index_entries
 
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 MDC = "urn:iso:std:iso:11073:10101"
@@ -216,39 +212,11 @@ class ObservationProvider(ProjectedProvider):
         # A row this statement inserted has no projection yet (nobody else can see it): only the
         # updated ones, or all where the database does not say, are looked up.
         maybe = [lid for lid, w in zip(ids, upserted, strict=True) if not w.inserted]
-        current = (
-            {s.logical_id for s in store.get_many(session, self.resource_type, maybe)} if maybe else set()
-        )
-        extras = [self.extras(item.body) for item, _ in domain]
-        # The common case, a row seen for the first time, once in this Bundle: created together.
-        once = Counter(ids)
-        first = [n for n, lid in enumerate(ids) if lid not in current and once[lid] == 1]
-        results: dict[int, StoredResource] = {}
-        if first:
-            bodies = [
-                {
-                    "resourceType": self.resource_type,
-                    "id": ids[n],
-                    **observation_body(written[n]),
-                    **extras[n],
-                }
-                for n in first
-            ]
-            new = [
-                store.NewResource(self.resource_type, ids[n], body, index_entries(self.resource_type, body))
-                for n, body in zip(first, bodies, strict=True)
-            ]
-            try:
-                with session.begin_nested():
-                    results.update(zip(first, store.create_many(session, new), strict=True))
-            except IntegrityError:  # projected meanwhile by a concurrent read: one by one below
-                pass
-        stored = []
-        for n, (lid, row) in enumerate(zip(ids, written, strict=True)):
-            result = results.get(n) or self.project(session, lid, observation_body(row), extras[n])
-            assert result is not None
-            stored.append(result)
-        return stored
+        rows = [
+            (lid, observation_body(row), self.extras(item.body))
+            for lid, row, (item, _) in zip(ids, written, domain, strict=True)
+        ]
+        return self.project_many(session, rows, look_up=maybe)
 
     def pending(
         self, session: Session, since: dt.datetime | None = None, limit: int | None = None, after: int = 0
