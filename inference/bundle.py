@@ -22,6 +22,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,6 +216,27 @@ class BundleSpec:
     @property
     def weights_format(self) -> str:
         return "torchscript" if self.weights.suffix == ".ts" else "state_dict"
+
+
+def trained_by(root: Path, recipe: str) -> bool:
+    """True when the bundle at *root* is complete and its metadata names the training *recipe*
+    (``clinic.training.recipe``): a demo bundle written by an older recipe counts as stale."""
+    try:
+        meta = json.loads((root / METADATA).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    trained = meta.get("clinic", {}).get("training", {}).get("recipe") if isinstance(meta, dict) else None
+    return trained == recipe and (root / INFERENCE).is_file() and (root / WEIGHTS_PT).is_file()
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the bundle folder *src* to *dst*; an existing *dst* is moved aside first, then removed
+    (a reader sees the old bundle or the new one, never half of either)."""
+    old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_bundle(root: Path) -> BundleSpec:

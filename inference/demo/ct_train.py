@@ -33,7 +33,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 from scipy import ndimage
 
-from inference.bundle import INFERENCE, METADATA, WEIGHTS_PT, read_bundle
+from inference.bundle import INFERENCE, METADATA, WEIGHTS_PT, read_bundle, replace_dir, trained_by
 from inference.demo.ct_phantoms import CTPhantom, synth_ct
 from inference.types import SYNTHETIC_DISCLAIMER, ModelResult, Urgency, VolumeInput
 from inference.volume import dice, scale_intensity_range
@@ -120,13 +120,7 @@ class CTTrainConfig:
 
 def ct_bundle_exists(models_dir: Path) -> bool:
     """True when the CT demo bundle is there, complete, and trained by the current recipe."""
-    root = Path(models_dir) / CT_MODEL_ID
-    try:
-        meta = json.loads((root / METADATA).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    recipe = meta.get("clinic", {}).get("training", {}).get("recipe")
-    return recipe == RECIPE and (root / INFERENCE).is_file() and (root / WEIGHTS_PT).is_file()
+    return trained_by(Path(models_dir) / CT_MODEL_ID, RECIPE)
 
 
 def train_ct_demo(
@@ -558,17 +552,8 @@ def _write_bundle(
         meta = _metadata(cfg, seed, time.perf_counter() - started, evaluation)
         meta["clinic"]["training"]["train_seconds"] = round(train_seconds, 1)
         (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; an existing ``dst`` is moved aside first, then removed."""
-    old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from monai.networks.nets.densenet import DenseNet121
 from torch import nn
 
-from inference.bundle import INFERENCE, METADATA, WEIGHTS_PT
+from inference.bundle import INFERENCE, METADATA, WEIGHTS_PT, replace_dir, trained_by
 from inference.demo.phantoms import FINDINGS, Phantom, synth_dataset
 from inference.explain import find_layer
 from inference.metrics import roc_auc, youden_threshold
@@ -82,13 +82,7 @@ class TrainConfig:
 
 def demo_bundle_exists(models_dir: Path) -> bool:
     """True when the demo bundle is there, complete, and trained by the current recipe."""
-    root = Path(models_dir) / DEMO_MODEL_ID
-    try:
-        meta = json.loads((root / METADATA).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    recipe = meta.get("clinic", {}).get("training", {}).get("recipe")
-    return recipe == RECIPE and (root / INFERENCE).is_file() and (root / WEIGHTS_PT).is_file()
+    return trained_by(Path(models_dir) / DEMO_MODEL_ID, RECIPE)
 
 
 def train_demo(
@@ -402,17 +396,8 @@ def _write_bundle(
         # plain (contiguous) tensors: the file does not depend on the memory format used in training
         state = {k: v.contiguous() for k, v in net.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_PT)
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; an existing ``dst`` is moved aside first, then removed."""
-    old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
