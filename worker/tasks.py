@@ -21,15 +21,17 @@ Failure policy (DESIGN.md §4 rule 3):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from celery import Celery, Task
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -215,14 +217,25 @@ def save_heatmap(settings: Settings, study_uid: str, result: ModelResult, findin
             f"{result.model_id}: heatmap of {finding.code} has shape {heatmap.shape}, not HxW"
         )
     pixels = (np.clip(np.nan_to_num(heatmap), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    name = f"{safe_name(result.model_id)}-{safe_name(result.model_version)}-{safe_name(finding.code)}.png"
+    return write_result_file(
+        settings, study_uid, name, lambda handle: Image.fromarray(pixels, mode="L").save(handle, format="PNG")
+    )
+
+
+def write_result_file(
+    settings: Settings, study_uid: str, name: str, write: Callable[[BinaryIO], object]
+) -> str:
+    """``results/<study uid>/<name>`` written by *write* to a temporary file, fsynced and renamed
+    (a reader never sees half a file; a redelivered task writes the same name); its path relative
+    to the data dir."""
     folder = settings.results_dir / safe_name(study_uid)
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{safe_name(result.model_id)}-{safe_name(result.model_version)}-{safe_name(finding.code)}.png"
     path = folder / name
     tmp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "wb") as handle:
-            Image.fromarray(pixels, mode="L").save(handle, format="PNG")
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -248,22 +261,14 @@ def save_mask(settings: Settings, study_uid: str, result: ModelResult) -> str:
         raise PermanentError(
             f"{result.model_id}: mask {mask.shape} does not match {len(result.mask_sop_uids)} instances"
         )
-    folder = settings.results_dir / safe_name(study_uid)
-    folder.mkdir(parents=True, exist_ok=True)
     name = f"{safe_name(result.model_id)}-{safe_name(result.model_version)}-mask.npz"
-    path = folder / name
-    tmp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(
-                handle, mask=mask, sop_instance_uids=np.array(result.mask_sop_uids, dtype=str)
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.relative_to(settings.resolved_data_dir).as_posix()
+    uids = np.array(result.mask_sop_uids, dtype=str)
+    return write_result_file(
+        settings,
+        study_uid,
+        name,
+        lambda handle: np.savez_compressed(handle, mask=mask, sop_instance_uids=uids),
+    )
 
 
 def to_read_in(settings: Settings, study_uid: str, result: ModelResult, ref: InputRef) -> ReadIn:
@@ -341,7 +346,7 @@ def _read_all(
     context: WorkerContext, job_id: int, claimed: _Claimed, plan: Iterable[tuple[LoadedModel, InputRef]]
 ) -> tuple[list[ReadIn], list[str]]:
     """Run every planned model; permanent per-model faults become reasons, transient ones raise."""
-    from inference.dicom_io import ImageLoadError, load_image
+    from inference.dicom_io import load_image
 
     settings = context.settings
     reads: list[ReadIn] = []
@@ -353,21 +358,37 @@ def _read_all(
                 "job %s: %s %s already read study %s", job_id, model.model_id, model.version, claimed.study_id
             )
             continue
-        try:
+        with model_faults(job_id, model, errors, f"image {ref.sop_instance_uid}"):
             if ref.file_path not in images:
                 images[ref.file_path] = load_image(settings.resolved_data_dir / ref.file_path)
             result = model.predict(images[ref.file_path], explain=True)
             reads.append(to_read_in(settings, claimed.study_uid, result, ref))
-        except ImageLoadError as exc:
-            errors.append(f"{model.model_id} {model.version}: image {ref.sop_instance_uid}: {exc.reason}")
-        except PermanentError as exc:
-            errors.append(str(exc))
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            log.exception("job %s: model %s %s raised", job_id, model.model_id, model.version)
-            errors.append(f"{model.model_id} {model.version}: {type(exc).__name__}: {exc}")
     return reads, errors
+
+
+@contextlib.contextmanager
+def model_faults(
+    job_id: int, model: Any, errors: list[str], source: str, name_file: bool = False
+) -> Iterator[None]:
+    """One model's read: a permanent fault becomes a reason in *errors* (the job goes on with the
+    other models and records it); a transient one raises, for the task's retry. *source* names
+    the input in the reason of an image or series that cannot be read (with the failing file's
+    name when *name_file*: one of a series' many)."""
+    from inference.dicom_io import ImageLoadError
+
+    label = f"{model.model_id} {model.version}"
+    try:
+        yield
+    except ImageLoadError as exc:
+        where = f"{source}: {Path(exc.path).name}" if name_file else source
+        errors.append(f"{label}: {where}: {exc.reason}")
+    except PermanentError as exc:
+        errors.append(str(exc))
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        log.exception("job %s: model %s raised", job_id, label)
+        errors.append(f"{label}: {type(exc).__name__}: {exc}")
 
 
 def _analyse(context: WorkerContext, job_id: int, claimed: _Claimed) -> tuple[list[ReadIn], list[str]]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from clinic.ai.service import ReadIn
 from clinic.settings import Settings
-from worker.tasks import InputRef, PermanentError, is_transient, to_read_in
+from worker.tasks import InputRef, model_faults, to_read_in
 
 if TYPE_CHECKING:
     from inference.registry import ModelRegistry
@@ -62,7 +61,7 @@ def read_series(
     plan: Iterable[tuple[SegmentationModel, SeriesRef]],
 ) -> tuple[list[ReadIn], list[str]]:
     """Run every planned 3D model; permanent faults become reasons, transient ones raise."""
-    from inference.dicom_io import ImageLoadError, load_volume
+    from inference.dicom_io import load_volume
 
     reads: list[ReadIn] = []
     errors: list[str] = []
@@ -71,7 +70,7 @@ def read_series(
         if (model.model_id, model.version) in done:
             log.info("job %s: %s %s already read study %s", job_id, model.model_id, model.version, study_uid)
             continue
-        try:
+        with model_faults(job_id, model, errors, f"series {series.series_uid}", name_file=True):
             if series.series_uid not in volumes:
                 paths = [settings.resolved_data_dir / ref.file_path for ref in series.instances]
                 volumes[series.series_uid] = load_volume(paths)
@@ -86,14 +85,4 @@ def read_series(
                 len(series.instances),
                 result.inference_ms,
             )
-        except ImageLoadError as exc:
-            where = f"series {series.series_uid}: {Path(exc.path).name}"
-            errors.append(f"{model.model_id} {model.version}: {where}: {exc.reason}")
-        except PermanentError as exc:
-            errors.append(str(exc))
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            log.exception("job %s: model %s %s raised", job_id, model.model_id, model.version)
-            errors.append(f"{model.model_id} {model.version}: {type(exc).__name__}: {exc}")
     return reads, errors
