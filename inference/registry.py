@@ -34,24 +34,29 @@ from inference.types import Finding, ImageInput, ModelResult
 if TYPE_CHECKING:
     from inference.segmentation import SegmentationModel
 
-__all__ = ["AnyModel", "BundleError", "LoadedModel", "ModelNotFoundError", "ModelRegistry", "load_model"]
+__all__ = [
+    "AnyModel",
+    "BundleError",
+    "BundleModel",
+    "LoadedModel",
+    "ModelNotFoundError",
+    "ModelRegistry",
+    "load_model",
+]
 
 
 class ModelNotFoundError(InferenceError, KeyError):
     """No model with this id in the registry."""
 
 
-class LoadedModel:
-    """One 2D classification bundle's network, loaded once onto its device, with its routing and
-    findings."""
+class BundleModel:
+    """What every loaded bundle shows the worker and the results: its identity (with the
+    synthetic-model label), its routing and findings, and the device it runs on."""
 
-    #: A 2D model reads one instance (see SegmentationModel for the 3D kind).
+    #: False: reads one instance; True: reads a whole series (the worker plans it per series).
     is_volumetric = False
 
     def __init__(self, spec: BundleSpec, device: str | torch.device = "auto") -> None:
-        if spec.preprocessing is None:
-            raise BundleError(spec.root / "configs" / "metadata.json", "not a classification bundle")
-        self._preprocessing: PreprocessSpec = spec.preprocessing
         self.spec = spec
         self.model_id = spec.model_id
         self.name = spec.name
@@ -59,16 +64,6 @@ class LoadedModel:
         self.is_synthetic = spec.is_synthetic
         self.disclaimer = spec.disclaimer
         self.device = resolve_device(device)
-        # channels_last: 58 vs 75 ms per 224² DenseNet121 image on 2 CPU cores (DESIGN.md §10).
-        self._memory_format = torch.channels_last
-        self._net = load_network(spec, self.device, self._memory_format)
-        self._cam_layer: nn.Module | None = None
-        if spec.gradcam_layer and spec.weights_format == "state_dict":
-            try:
-                self._cam_layer = find_layer(self._net, spec.gradcam_layer)
-            except KeyError as exc:
-                raise BundleError(spec.root / "configs" / "inference.json", str(exc)) from exc
-        self._lock = threading.Lock()  # hooks and autograd state are per-module: one call at a time
 
     @property
     def routing(self) -> Routing:
@@ -80,6 +75,26 @@ class LoadedModel:
 
     def accepts(self, modality: str, body_part: str = "", view_position: str = "", reason: str = "") -> bool:
         return self.spec.routing.accepts(modality, body_part, view_position, reason)
+
+
+class LoadedModel(BundleModel):
+    """One 2D classification bundle's network, loaded once onto its device."""
+
+    def __init__(self, spec: BundleSpec, device: str | torch.device = "auto") -> None:
+        if spec.preprocessing is None:
+            raise BundleError(spec.root / "configs" / "metadata.json", "not a classification bundle")
+        super().__init__(spec, device)
+        self._preprocessing: PreprocessSpec = spec.preprocessing
+        # channels_last: 58 vs 75 ms per 224² DenseNet121 image on 2 CPU cores (DESIGN.md §10).
+        self._memory_format = torch.channels_last
+        self._net = load_network(spec, self.device, self._memory_format)
+        self._cam_layer: nn.Module | None = None
+        if spec.gradcam_layer and spec.weights_format == "state_dict":
+            try:
+                self._cam_layer = find_layer(self._net, spec.gradcam_layer)
+            except KeyError as exc:
+                raise BundleError(spec.root / "configs" / "inference.json", str(exc)) from exc
+        self._lock = threading.Lock()  # hooks and autograd state are per-module: one call at a time
 
     def predict(self, image: ImageInput, explain: bool = True) -> ModelResult:
         """Probabilities for every finding; with ``explain`` a Grad-CAM heatmap for each.

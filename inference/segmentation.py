@@ -30,10 +30,9 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from inference.bundle import BundleSpec, FindingSpec, Routing, VolumeSpec
-from inference.device import resolve_device
+from inference.bundle import BundleSpec, FindingSpec, VolumeSpec
 from inference.errors import BundleError
-from inference.registry import load_network
+from inference.registry import BundleModel, load_network
 from inference.types import Finding, Measurement, ModelResult, Urgency, VolumeInput
 from inference.volume import (
     Component,
@@ -58,7 +57,7 @@ class SegmentationOutput:
     key_slice: int
 
 
-class SegmentationModel:
+class SegmentationModel(BundleModel):
     """One 3D segmentation bundle's network, loaded once onto its device."""
 
     #: A 3D model reads a whole series (the worker plans it per series, not per instance).
@@ -67,27 +66,10 @@ class SegmentationModel:
     def __init__(self, spec: BundleSpec, device: str | torch.device = "auto") -> None:
         if spec.volume is None:
             raise BundleError(spec.root / "configs" / "inference.json", "not a segmentation bundle")
-        self.spec = spec
+        super().__init__(spec, device)
         self.volume_spec: VolumeSpec = spec.volume
-        self.model_id = spec.model_id
-        self.name = spec.name
-        self.version = spec.version
-        self.is_synthetic = spec.is_synthetic
-        self.disclaimer = spec.disclaimer
-        self.device = resolve_device(device)
         self._net = load_network(spec, self.device, torch.contiguous_format)
         self._lock = threading.Lock()  # one volume at a time: a volume's activations are large
-
-    @property
-    def routing(self) -> Routing:
-        return self.spec.routing
-
-    @property
-    def findings(self) -> tuple[FindingSpec, ...]:
-        return self.spec.findings
-
-    def accepts(self, modality: str, body_part: str = "", view_position: str = "", reason: str = "") -> bool:
-        return self.spec.routing.accepts(modality, body_part, view_position, reason)
 
     # --- the three stages ----------------------------------------------------------------------
 
