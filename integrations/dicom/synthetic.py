@@ -158,10 +158,14 @@ def build_cxr_dataset(
     if modality == "DX":
         ds.PresentationIntentType = "FOR PRESENTATION"
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    return _with_file_meta(ds, sop_class, sop_instance)
 
+
+def _with_file_meta(ds: Dataset, sop_class: str, sop_instance: str) -> Dataset:
+    """*ds* with its Part 10 file meta (Explicit VR Little Endian, our implementation UID)."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
@@ -309,12 +313,4 @@ def _ct_slice(
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    ds.file_meta = meta
-    ds.set_original_encoding(False, True)
-    return ds
+    return _with_file_meta(ds, CTImageStorage, sop_instance)
