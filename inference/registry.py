@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -76,6 +76,19 @@ class BundleModel:
     def accepts(self, modality: str, body_part: str = "", view_position: str = "", reason: str = "") -> bool:
         return self.spec.routing.accepts(modality, body_part, view_position, reason)
 
+    def result(self, **read: Any) -> ModelResult:
+        """A :class:`ModelResult` of this model: its identity, synthetic label and device, and *read*
+        (findings, timing, the instance, measurements...)."""
+        return ModelResult(
+            model_id=self.model_id,
+            model_name=self.name,
+            model_version=self.version,
+            is_synthetic=self.is_synthetic,
+            disclaimer=self.disclaimer,
+            device=str(self.device),
+            **read,
+        )
+
 
 class LoadedModel(BundleModel):
     """One 2D classification bundle's network, loaded once onto its device."""
@@ -132,16 +145,8 @@ class LoadedModel(BundleModel):
             )
             for n, f in enumerate(self.spec.findings)
         )
-        return ModelResult(
-            model_id=self.model_id,
-            model_name=self.name,
-            model_version=self.version,
-            is_synthetic=self.is_synthetic,
-            disclaimer=self.disclaimer,
-            device=str(self.device),
-            inference_ms=elapsed_ms,
-            findings=findings,
-            sop_instance_uid=image.sop_instance_uid,
+        return self.result(
+            inference_ms=elapsed_ms, findings=findings, sop_instance_uid=image.sop_instance_uid
         )
 
     def __repr__(self) -> str:

@@ -195,13 +195,7 @@ class SegmentationModel(BundleModel):
             urgency=_urgency(spec, diameter),
             heatmap=None,
         )
-        return ModelResult(
-            model_id=self.model_id,
-            model_name=self.name,
-            model_version=self.version,
-            is_synthetic=self.is_synthetic,
-            disclaimer=self.disclaimer,
-            device=str(self.device),
+        return self.result(
             inference_ms=elapsed_ms,
             findings=(finding,),
             sop_instance_uid=volume.sop_instance_uids[out.key_slice] if volume.sop_instance_uids else "",
