@@ -14,10 +14,12 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from clinic.ai.models import SYNTHETIC_DISCLAIMER
 from clinic.ai.service import FindingIn, ReadIn, record_read
+from clinic.audit.models import AuditEvent
 from clinic.auth.models import Role
 from clinic.auth.service import create_user
 from clinic.db import unit_of_work, utcnow
@@ -163,3 +165,12 @@ def copy_testdata(name: str, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(get_testdata_file(name), target)  # type: ignore[arg-type]
     return target
+
+
+def audit_rows(factory: sessionmaker[Session], action: str | None = None) -> list[AuditEvent]:
+    """The audit trail, oldest first (only *action* when given)."""
+    with unit_of_work(factory) as session:
+        query = select(AuditEvent).order_by(AuditEvent.id)
+        if action:
+            query = query.where(AuditEvent.action == action)
+        return list(session.scalars(query))

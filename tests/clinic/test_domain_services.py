@@ -131,7 +131,11 @@ def test_leases_and_idempotent_reads(session_factory: sessionmaker[Session]) -> 
         later = utcnow() + dt.timedelta(seconds=60)
         assert ai.requeue_expired(session, "inference.cpu", now=later) == [job_id]
     read_in = ai.ReadIn(
-        model_id="m", model_name="M", model_version="1", sop_instance_uid="1.2.3.1.1", is_synthetic=True,
+        model_id="m",
+        model_name="M",
+        model_version="1",
+        sop_instance_uid="1.2.3.1.1",
+        is_synthetic=True,
         findings=(ai.FindingIn(code="c", label="C", probability=0.9, threshold=0.5, urgency=1),),
     )
     with unit_of_work(session_factory) as session:

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from clinic.audit.models import AuditEvent
@@ -18,18 +17,10 @@ from clinic.auth.models import Role
 from clinic.db import unit_of_work, utcnow
 from clinic.settings import Settings
 from clinic.web.app import create_app
-from tests.clinic.helpers import PASSWORD, add_user
+from tests.clinic.helpers import PASSWORD, add_user, audit_rows
 
 WRONG = "hunter2-not-the-password"
 WINDOW_S = 15 * 60
-
-
-def audit_rows(factory: sessionmaker[Session], action: str | None = None) -> list[AuditEvent]:
-    with unit_of_work(factory) as session:
-        query = select(AuditEvent).order_by(AuditEvent.id)
-        if action:
-            query = query.where(AuditEvent.action == action)
-        return list(session.scalars(query))
 
 
 @contextmanager

@@ -26,9 +26,7 @@ def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 def test_environment_wins_over_the_toml_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = tmp_path / "clinic.toml"
-    config.write_text(
-        'dicom_ae = "HOSPITAL_AI"\nhttp_port = 9000\nbroker_url = "redis://127.0.0.1:6379/3"\n'
-    )
+    config.write_text('dicom_ae = "HOSPITAL_AI"\nhttp_port = 9000\nbroker_url = "redis://127.0.0.1:6379/3"\n')
     monkeypatch.setenv("CLINIC_CONFIG", str(config))
     monkeypatch.setenv("CLINIC_HTTP_PORT", "9100")
     settings = load_settings()

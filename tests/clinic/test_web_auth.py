@@ -10,14 +10,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from clinic.audit.models import AuditEvent
 from clinic.auth import service
 from clinic.auth.deps import TOKEN_COOKIE
 from clinic.auth.models import Role, User
 from clinic.db import make_engine, make_session_factory, unit_of_work, utcnow
 from clinic.settings import Settings
 from clinic.web.app import create_app
-from tests.clinic.helpers import PASSWORD, add_user, bearer, store_cxr, token_for
+from tests.clinic.helpers import PASSWORD, add_user, audit_rows, bearer, store_cxr, token_for
 
 PROTECTED_API = [
     "/api/radiology/worklist",
@@ -27,14 +26,6 @@ PROTECTED_API = [
     "/api/auth/me",
     "/api/audit/events",
 ]
-
-
-def audit_rows(factory: sessionmaker[Session], action: str | None = None) -> list[AuditEvent]:
-    with unit_of_work(factory) as session:
-        query = select(AuditEvent).order_by(AuditEvent.id)
-        if action:
-            query = query.where(AuditEvent.action == action)
-        return list(session.scalars(query))
 
 
 def test_create_user_and_authenticate(web_settings: Settings, session_factory: sessionmaker[Session]) -> None:

@@ -140,18 +140,27 @@ def test_an_oru_without_a_patient_is_refused(sqlite_factory: sessionmaker[Sessio
 
 def test_times_without_an_offset_are_the_senders_local_time(session_factory: sessionmaker[Session]) -> None:
     """A feed that sends local time without an offset (common) is read in ``hl7_timezone``, not in
-    the server's zone (often UTC in a container): the temperature taken at 08:29 in Seoul is
-    23:29 UTC the day before, as when the offset is sent."""
+    the server's zone (often UTC in a container). The zone is one whose offset differs from this
+    machine's on that day, so that reading in the server's zone would give another instant."""
+    from zoneinfo import ZoneInfo
+
     from integrations.hl7v2.processor import Processor, load_mapping
     from tests.integrations.hl7v2.mapping_helpers import store
 
+    taken = dt.datetime(2026, 11, 22, 8, 29)  # the temperature's OBX-14, offset removed
+    zone = next(
+        name
+        for name in ("Asia/Seoul", "America/New_York")
+        if taken.replace(tzinfo=ZoneInfo(name)).utcoffset() != taken.astimezone().utcoffset()
+    )
     mrn = "77" + str(abs(hash(session_factory)))[:8]
     with unit_of_work(session_factory) as session:
         for raw in (sample("adt_a01_admit.hl7", **{"8007421": mrn}), sample("oru_r01_pcd01_mdc.hl7")):
             store(session, raw.replace(b"8007421", mrn.encode()).replace(b"+0900", b""))
-    done = Processor(session_factory, load_mapping(), timezone="Asia/Seoul").run_until_idle()
+    done = Processor(session_factory, load_mapping(), timezone=zone).run_until_idle()
     assert (done.processed, done.failed) == (2, 0)
     temperature = _by_source(_observations(session_factory, mrn))["150364"]
-    assert temperature.observed_at == dt.datetime(2026, 11, 21, 23, 29, tzinfo=UTC)
+    assert temperature.observed_at == taken.replace(tzinfo=ZoneInfo(zone)).astimezone(UTC)
+    assert temperature.observed_at != taken.astimezone().astimezone(UTC)  # not the server's zone
     with pytest.raises(ValueError, match="unknown time zone"):
         Processor(session_factory, load_mapping(), timezone="Mars/Base")
